@@ -1,0 +1,37 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Everything installs into .venv/.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+# Jobs call `ghanet`, so the venv's bin goes first on PATH (also for SLURM jobs, which inherit it).
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install demo test test-fast lint clean-demo
+
+$(STAMP): pyproject.toml requirements-pins.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-pins.txt
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/snakemake --cores $(CORES)
+	@echo
+	@echo "Demo finished. Outputs are in $(abspath results)/ ; open $(abspath results)/report/index.html"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+lint: install
+	$(BIN)/snakemake --lint
+
+clean-demo:
+	rm -rf results demo_data .snakemake

@@ -1,0 +1,241 @@
+"""Typed, frozen configuration, validated once against the workflow's JSON Schema.
+
+The schema (``schemas/config.schema.yaml``, linked from ``workflow/schemas/``) is the one
+source of truth for keys and defaults. Snakemake validates ``config.yaml`` with it; the
+Python entry points validate with the same file here, then freeze the result into the
+dataclasses below so a stage reads ``settings.patch_size``, never ``cfg.get("patch_size", 256)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import dataclasses
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str = "config") -> dict:
+    text = resources.files("ghanet_pipeline.schemas").joinpath(f"{name}.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _validator_filling_defaults():
+    base = jsonschema.Draft7Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        hints = [
+            f"'{key}' (did you mean '{match[0]}'?)" if (match := difflib.get_close_matches(key, allowed, 1)) else f"'{key}'"
+            for key in unknown
+        ]
+        return f"unknown key {', '.join(hints)} in '{where}'. Allowed keys there: {', '.join(allowed)}"
+    return f"'{where}': {error.message}"
+
+
+def validate(raw: Mapping[str, Any], schema: str | dict = "config") -> dict:
+    """Return a validated copy of ``raw`` with every default filled in."""
+    schema_obj = load_schema(schema) if isinstance(schema, str) else schema
+    data = copy.deepcopy(dict(raw))
+    errors = sorted(_validator_filling_defaults()(schema_obj).iter_errors(data), key=str)
+    if errors:
+        lines = "\n  ".join(_describe(e) for e in errors)
+        raise ConfigError(f"invalid configuration:\n  {lines}")
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Safe YAML only: tags such as !!python/object are refused."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML (only plain YAML is accepted): {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------- sections
+# Field names equal schema keys (a test checks they stay in step); no defaults here.
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    enabled: bool
+    patients: int
+    seed: int
+    dir: str
+
+
+@dataclass(frozen=True)
+class TissueSettings:
+    target_mpp: float
+    patch_size: int
+    overlap: float
+    min_tissue_fraction: float
+    mpp_tolerance: float
+    default_slide_mpp: float | None
+    seg_mpp: float
+    saturation_threshold: int | None
+    median_blur_um: float
+    close_um: float
+    min_tissue_area_um2: float
+    min_hole_area_um2: float
+    remove_pen: bool
+    remove_debris: bool
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    encoder: str
+    weights: str
+    allow_download: bool
+    batch_size: int
+    num_workers: int
+    dtype: str
+    device: str
+    skip_bad_patches: bool
+
+
+@dataclass(frozen=True)
+class GenomicsSettings:
+    convention: str
+    n_bins: int
+    n_folds: int
+    fold_seed: int
+    ttest_alpha: float
+    max_missing_fraction: float
+    on_conflicting_duplicates: str
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    models: tuple[str, ...]
+    epochs: int
+    lr: float
+    weight_decay: float
+    grad_accum: int
+    recon_weight: float
+    attention_mode: str
+    max_patches: int | None
+    seed: int
+    device: str
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    models_dir: str | None
+    model: str
+    fold: int | None
+    top_k: int
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    max_heatmaps: int
+
+
+SECTIONS: dict[str, type] = {
+    "demo": DemoSettings,
+    "tissue": TissueSettings,
+    "features": FeatureSettings,
+    "genomics": GenomicsSettings,
+    "train": TrainSettings,
+    "infer": InferSettings,
+    "report": ReportSettings,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    output_dir: str
+    samples: str | None
+    cohort_table: str | None
+    signatures: str | None
+    splits_dir: str | None
+    strict: bool
+    demo: DemoSettings
+    tissue: TissueSettings
+    features: FeatureSettings
+    genomics: GenomicsSettings
+    train: TrainSettings
+    infer: InferSettings
+    report: ReportSettings
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _freeze(value: Any) -> Any:
+    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
+
+
+def _section(name: str, values: Mapping[str, Any]):
+    cls = SECTIONS[name]
+    return cls(**{f.name: _freeze(values[f.name]) for f in dataclasses.fields(cls)})
+
+
+def build(raw: Mapping[str, Any]) -> Config:
+    """Validate a whole config mapping and freeze it."""
+    data = validate(raw)
+    top = {k: v for k, v in data.items() if k not in SECTIONS}
+    return Config(**top, **{name: _section(name, data[name]) for name in SECTIONS})
+
+
+def load(path: str | Path) -> Config:
+    """Read, validate and freeze ``config.yaml``."""
+    try:
+        return build(read_yaml(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def section_from_json(name: str, text: str):
+    """Validate one stage's section, passed by a rule as JSON (``--settings``)."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--settings for '{name}' is not valid JSON: {err}") from err
+    sub_schema = load_schema("config")["properties"][name]
+    return _section(name, validate(values, sub_schema))
+
+
+def section_json(config: Mapping[str, Any], name: str) -> str:
+    """The JSON a rule passes to its entry point; also its ``params:`` (reruns on change)."""
+    return json.dumps(config[name], sort_keys=True)
+
+
+def stage_settings(name: str, config_path: str | None, settings_json: str | None):
+    """Settings for one stage from ``--settings JSON`` (rules) or ``--config FILE`` (by hand)."""
+    if settings_json:
+        return section_from_json(name, settings_json)
+    if config_path:
+        return getattr(load(config_path), name)
+    return _section(name, validate({}, load_schema("config")["properties"][name]))

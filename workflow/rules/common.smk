@@ -1,0 +1,124 @@
+# Shared helpers: the sample sheet, output paths and the settings each rule passes on.
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ghanet_pipeline import sheet
+from ghanet_pipeline.config import section_json
+from ghanet_pipeline.paths import encoder_dirname
+
+OUT = Path(config["output_dir"])
+DEMO = config["demo"]
+DEMO_DIR = Path(DEMO["dir"])
+
+
+def _input_path(key, demo_name):
+    """A cohort input: the config's path, or the demo's when the demo is on and it is unset."""
+    if config[key]:
+        return config[key]
+    return str(DEMO_DIR / demo_name) if DEMO["enabled"] else None
+
+
+SAMPLES_CSV = _input_path("samples", "samples.csv")
+COHORT_TABLE = _input_path("cohort_table", "cohort.csv")
+SIGNATURES = _input_path("signatures", "signatures.csv")
+SPLITS_DIR = _input_path("splits_dir", "splits")
+
+
+def _load_samples():
+    if SAMPLES_CSV is None:
+        return pd.DataFrame(columns=["slide_id", "case_id", "path", "mpp"])
+    if DEMO["enabled"] and not config["samples"]:
+        from ghanet_pipeline import demo
+
+        table = demo.plan(DEMO["patients"], DEMO["seed"], DEMO_DIR)
+    else:
+        table = sheet.read_samples(SAMPLES_CSV)
+    validate(table, "../schemas/samples.schema.yaml")
+    return table.set_index("slide_id", drop=False)
+
+
+SAMPLES = _load_samples()
+SLIDES = list(SAMPLES["slide_id"])
+HAS_SLIDES = len(SLIDES) > 0
+HAS_GENOMICS = COHORT_TABLE is not None
+ENCODER_DIR = encoder_dirname(config["features"]["encoder"])
+STRICT_FLAG = "--strict" if config["strict"] else ""
+
+SLIDE_MODELS = {"ghanet", "ghanet_norecon", "abmil"}
+MODELS = list(config["train"]["models"]) if HAS_GENOMICS else []
+if not HAS_SLIDES and set(MODELS) & SLIDE_MODELS:
+    raise WorkflowError(
+        f"train.models {sorted(set(MODELS) & SLIDE_MODELS)} need slides but 'samples' is empty or unset; "
+        "set 'samples', or use train.models: [snn] for a genomics-only run"
+    )
+
+
+def n_folds():
+    """Given split files decide the fold count; otherwise genomics.n_folds (the demo writes that many)."""
+    if SPLITS_DIR is None or (DEMO["enabled"] and not config["splits_dir"]):
+        return config["genomics"]["n_folds"]
+    found = sorted(Path(SPLITS_DIR).glob("splits_*.csv"))
+    if not found:
+        raise WorkflowError(f"splits_dir {SPLITS_DIR}: no splits_<k>.csv files found")
+    return len(found)
+
+
+FOLDS = list(range(n_folds())) if HAS_GENOMICS else []
+
+
+def settings(stage):
+    """The stage's config section as JSON: passed to the entry point and used as params,
+    so Snakemake reruns exactly the jobs whose settings changed."""
+    return section_json(config, stage)
+
+
+def slide_path(wildcards):
+    return SAMPLES.loc[wildcards.slide, "path"]
+
+
+def slide_mpp_arg(wildcards):
+    mpp = SAMPLES.loc[wildcards.slide, "mpp"] if "mpp" in SAMPLES.columns else None
+    return "" if mpp is None or pd.isna(mpp) else f"--mpp {float(mpp)}"
+
+
+def demo_outputs():
+    """Files the demo rule makes, so slide rules depend on it when the demo is on."""
+    if DEMO["enabled"] and not config["samples"]:
+        return [str(DEMO_DIR / "samples.csv")]
+    return []
+
+
+def logfile(stage, name="{slide}"):
+    return str(OUT / "logs" / stage / f"{name}.log")
+
+
+def benchfile(stage, name="{slide}"):
+    return str(OUT / "benchmarks" / stage / f"{name}.tsv")
+
+
+def models_dir_for_inference():
+    return config["infer"]["models_dir"] or (str(OUT / "models") if MODELS else None)
+
+
+def all_targets():
+    targets = []
+    if HAS_SLIDES:
+        targets.append(str(OUT / "manifest.csv"))
+        targets += expand(str(OUT / "features" / ENCODER_DIR / "{slide}.zarr"), slide=SLIDES)
+    if HAS_GENOMICS:
+        targets.append(str(OUT / "genomics" / "summary.json"))
+        targets += expand(str(OUT / "models" / "{model}" / "summary.json"), model=MODELS)
+    if HAS_SLIDES and models_dir_for_inference() and config["infer"]["model"] in (
+        MODELS or [config["infer"]["model"]]
+    ):
+        targets.append(str(OUT / "predictions.csv"))
+    targets.append(str(OUT / "report" / "index.html"))
+    return targets
+
+
+wildcard_constraints:
+    slide=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    model=r"[a-z_]+",
+    fold=r"\d+",

@@ -1,0 +1,30 @@
+# Stage 3: genomic groups, survival bins, folds and fold-fitted scalers, one job per cohort.
+if HAS_GENOMICS:
+
+    rule genomics:
+        input:
+            demo_outputs(),
+            manifest=str(OUT / "manifest.csv") if HAS_SLIDES else [],
+        output:
+            summary=str(OUT / "genomics" / "summary.json"),
+            patients=str(OUT / "genomics" / "patients.csv"),
+            folds=expand(str(OUT / "genomics" / "fold{fold}" / "targets.json"), fold=FOLDS),
+        params:
+            table=COHORT_TABLE,
+            signatures=f"--signatures {SIGNATURES}" if SIGNATURES else "",
+            splits=f"--splits-dir {SPLITS_DIR}" if SPLITS_DIR else "",
+            samples=f"--samples {SAMPLES_CSV}" if HAS_SLIDES else "",
+            manifest=f"--manifest {OUT / 'manifest.csv'}" if HAS_SLIDES else "",
+            settings=settings("genomics"),
+        log:
+            logfile("genomics", "genomics"),
+        benchmark:
+            benchfile("genomics", "genomics")
+        threads: 1
+        resources:
+            mem_mb=8000,
+            runtime=30,
+        shell:
+            "ghanet genomics --cohort-table {params.table:q} {params.signatures} {params.splits}"
+            " {params.samples} {params.manifest} --out-dir {OUT}/genomics"
+            " --settings {params.settings:q} > {log} 2>&1"
