@@ -121,6 +121,7 @@ class FeatureSettings:
     num_workers: int
     dtype: str
     device: str
+    precision: str
     skip_bad_patches: bool
 
 
@@ -147,6 +148,7 @@ class TrainSettings:
     max_patches: int | None
     seed: int
     device: str
+    cache_gb: float | None
 
 
 @dataclass(frozen=True)
@@ -155,11 +157,14 @@ class InferSettings:
     model: str
     fold: int | None
     top_k: int
+    checkpoint: str
+    device: str
 
 
 @dataclass(frozen=True)
 class ReportSettings:
     max_heatmaps: int
+    max_qc_thumbnails: int
 
 
 SECTIONS: dict[str, type] = {

@@ -1,0 +1,243 @@
+"""Slide access by microns per pixel: open, resolve the resolution, choose a read level.
+
+Any format OpenSlide reads (SVS, NDPI, MRXS, SCN, generic tiled TIFF, DICOM, ...) opens
+through :func:`open_slide`; every OpenSlide or file-system error becomes a
+:class:`SlideError` that names the path, so a caller can record it and go on.
+
+Resolution (um/px of level 0) is resolved in this order, and the source is recorded:
+
+1. ``sample_sheet``: the sample sheet's ``mpp`` column (``ghanet tissue --mpp``);
+2. ``slide_properties``: ``openslide.mpp-x`` / ``openslide.mpp-y``;
+3. ``tiff_resolution``: ``tiff.XResolution`` / ``tiff.YResolution`` with ``tiff.ResolutionUnit``;
+4. ``objective_power``: ``openslide.objective-power``, as ``10 / power`` um/px. This is an
+   approximation (a 20x scan is about 0.5 um/px, but scanners differ by up to ~10 %);
+5. ``config_default``: ``tissue.default_slide_mpp``.
+
+Values a slide records that no microscope makes (outside 0.02-100 um/px, such as the
+72 dpi a generic TIFF writer puts in by default) are ignored with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PLAUSIBLE_MPP = (0.02, 100.0)
+MICRONS_PER_UNIT = {"inch": 25400.0, "centimeter": 10000.0, "millimeter": 1000.0, "micrometer": 1.0}
+# Pixels read per read_region call when a level is read in strips (bounds memory).
+STRIP_PIXELS = 16 * 1024 * 1024
+
+
+class SlideError(RuntimeError):
+    """A slide cannot be opened, has no usable resolution, or fails while reading pixels."""
+
+
+@dataclass(frozen=True)
+class Mpp:
+    value: float
+    source: str  # sample_sheet | slide_properties | tiff_resolution | objective_power | config_default
+
+
+@dataclass(frozen=True)
+class LevelChoice:
+    """How to read patches of ``patch_size`` px at ``target_mpp`` from one level."""
+
+    level: int
+    downsample: float  # level-0 px per read-level px
+    level_mpp: float
+    target_mpp: float
+    patch_size: int  # px at target mpp (what the encoder sees)
+    patch_size_read: int  # px read at ``level`` and resized to ``patch_size``
+    patch_size_level0: int  # the same patch in level-0 px
+    effective_mpp: float  # physical patch size / patch_size
+    upsampled: bool  # level 0 is coarser than the target (beyond tolerance)
+
+
+def open_slide(path: str | Path):
+    """Open a slide with OpenSlide; any failure is a :class:`SlideError` naming the path."""
+    import openslide
+
+    p = Path(path)
+    if not p.is_file():
+        raise SlideError(f"slide file not found: {p} (check the 'path' column of the sample sheet)")
+    try:
+        return openslide.OpenSlide(str(p))
+    except (openslide.OpenSlideError, OSError, ValueError) as err:
+        raise SlideError(f"OpenSlide cannot open {p}: {type(err).__name__}: {err}") from err
+
+
+def _positive(value: str | None) -> float | None:
+    try:
+        number = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _plausible(value: float | None, what: str, path: str) -> float | None:
+    if value is None:
+        return None
+    if PLAUSIBLE_MPP[0] <= value <= PLAUSIBLE_MPP[1]:
+        return value
+    log.warning("%s: ignoring %s = %.4g um/px (not a microscope resolution)", path, what, value)
+    return None
+
+
+def _mean_xy(x: float | None, y: float | None, what: str, path: str) -> float | None:
+    if x is None or y is None:
+        return x if y is None else y
+    if abs(x - y) > 0.01 * max(x, y):
+        log.warning("%s: %s differs in x (%.5g) and y (%.5g); using their mean", path, what, x, y)
+    return (x + y) / 2
+
+
+def mpp_from_tiff_tags(props: Mapping[str, str]) -> float | None:
+    unit = str(props.get("tiff.ResolutionUnit", "")).strip().lower()
+    per_unit = MICRONS_PER_UNIT.get(unit)
+    if per_unit is None:
+        return None
+    xres, yres = _positive(props.get("tiff.XResolution")), _positive(props.get("tiff.YResolution"))
+    x = per_unit / xres if xres else None
+    y = per_unit / yres if yres else None
+    return _mean_xy(x, y, "tiff resolution", "")
+
+
+def resolve_mpp(
+    props: Mapping[str, str],
+    path: str | Path,
+    sheet_mpp: float | None = None,
+    default_mpp: float | None = None,
+) -> Mpp:
+    """Level-0 um/px of a slide and where it came from (see the module docstring)."""
+    where = str(path)
+    if sheet_mpp is not None:
+        if not (math.isfinite(sheet_mpp) and sheet_mpp > 0):
+            raise SlideError(f"{where}: the sample sheet's mpp {sheet_mpp!r} is not a positive number")
+        return Mpp(float(sheet_mpp), "sample_sheet")
+    x = _plausible(_positive(props.get("openslide.mpp-x")), "openslide.mpp-x", where)
+    y = _plausible(_positive(props.get("openslide.mpp-y")), "openslide.mpp-y", where)
+    value = _mean_xy(x, y, "openslide.mpp", where)
+    if value is not None:
+        return Mpp(value, "slide_properties")
+    value = _plausible(mpp_from_tiff_tags(props), "the TIFF resolution tags", where)
+    if value is not None:
+        return Mpp(value, "tiff_resolution")
+    power = _positive(props.get("openslide.objective-power"))
+    value = _plausible(10.0 / power if power else None, "10 / objective power", where)
+    if value is not None:
+        log.warning("%s: mpp approximated from objective power %gx as %.4g um/px", where, power, value)
+        return Mpp(value, "objective_power")
+    if default_mpp is not None:
+        log.warning("%s: no resolution recorded; using tissue.default_slide_mpp = %g um/px", where, default_mpp)
+        return Mpp(float(default_mpp), "config_default")
+    raise SlideError(
+        f"{where}: no microns-per-pixel recorded (no openslide.mpp-x, TIFF resolution or objective power). "
+        "Add an 'mpp' column to the sample sheet with this slide's um/px (about 0.25 at 40x, 0.5 at 20x), "
+        "pass --mpp, or set tissue.default_slide_mpp in config.yaml"
+    )
+
+
+def pick_level(downsamples: tuple[float, ...] | list[float], mpp: float, target_mpp: float, tolerance: float) -> int:
+    """The coarsest level whose um/px is not coarser than ``target_mpp * (1 + tolerance)``.
+
+    That is the finest detail needed and no more: reading it and shrinking to the target is
+    exact; a coarser level would lose detail. When even level 0 is coarser, level 0.
+    """
+    limit = target_mpp * (1 + tolerance)
+    candidates = [i for i, d in enumerate(downsamples) if mpp * d <= limit]
+    if not candidates:
+        return 0
+    return max(candidates, key=lambda i: downsamples[i])
+
+
+def choose_level(
+    downsamples: tuple[float, ...] | list[float],
+    mpp: float,
+    target_mpp: float,
+    patch_size: int,
+    tolerance: float,
+) -> LevelChoice:
+    """Read level and patch sizes for ``patch_size`` px at ``target_mpp`` (requested vs effective)."""
+    level = pick_level(downsamples, mpp, target_mpp, tolerance)
+    downsample = float(downsamples[level])
+    level_mpp = mpp * downsample
+    if abs(level_mpp / target_mpp - 1) <= tolerance:
+        patch_read = patch_size  # read as is: within tolerance of the target
+    else:
+        patch_read = max(1, int(round(patch_size * target_mpp / level_mpp)))
+    patch_level0 = max(1, int(round(patch_read * downsample)))
+    return LevelChoice(
+        level=level,
+        downsample=downsample,
+        level_mpp=level_mpp,
+        target_mpp=target_mpp,
+        patch_size=patch_size,
+        patch_size_read=patch_read,
+        patch_size_level0=patch_level0,
+        effective_mpp=patch_level0 * mpp / patch_size,
+        upsampled=level_mpp > target_mpp * (1 + tolerance),
+    )
+
+
+def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """RGB on white: OpenSlide marks pixels outside the scanned area fully transparent."""
+    rgb = np.ascontiguousarray(rgba[..., :3])
+    rgb[rgba[..., 3] == 0] = 255
+    return rgb
+
+
+def read_region_rgb(slide, path: str | Path, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+    """``read_region`` as an RGB uint8 array; a read error is a :class:`SlideError` naming the path."""
+    import openslide
+
+    try:
+        image = slide.read_region(location, level, size)
+    except (openslide.OpenSlideError, OSError, ValueError) as err:
+        raise SlideError(
+            f"reading pixels of {path} failed (level {level}, at {location}, size {size}): {type(err).__name__}: {err}"
+        ) from err
+    return _rgba_to_rgb(np.asarray(image))
+
+
+def read_level_resized(slide, path: str | Path, level: int, out_size: tuple[int, int]) -> np.ndarray:
+    """Level ``level`` shrunk (area average) to ``out_size`` = (w, h), read in horizontal strips.
+
+    Memory stays near :data:`STRIP_PIXELS` RGBA pixels plus the output, whatever the level's
+    size, so a single-level gigapixel slide is handled the same way as a pyramid.
+    """
+    import cv2
+
+    width, height = slide.level_dimensions[level]
+    out_w, out_h = out_size
+    downsample = float(slide.level_downsamples[level])
+    same = (out_w, out_h) == (width, height)
+    scale = height / out_h  # level rows per output row
+    out_rows_per_strip = max(1, int(STRIP_PIXELS / max(1, width) / max(scale, 1.0)))
+    out = np.empty((out_h, out_w, 3), np.uint8)
+    for o0 in range(0, out_h, out_rows_per_strip):
+        o1 = min(out_h, o0 + out_rows_per_strip)
+        r0 = int(round(o0 * scale))
+        r1 = height if o1 == out_h else int(round(o1 * scale))
+        r1 = max(r1, r0 + 1)
+        strip = read_region_rgb(slide, path, (0, int(round(r0 * downsample))), level, (width, r1 - r0))
+        if same:
+            out[o0:o1] = strip
+        else:
+            interp = cv2.INTER_AREA if scale >= 1 else cv2.INTER_LINEAR
+            out[o0:o1] = cv2.resize(strip, (out_w, o1 - o0), interpolation=interp)
+    return out
+
+
+def source_size(path: str | Path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

@@ -1,0 +1,548 @@
+"""Segment the tissue of one slide and lay its patch grid, by microns per pixel.
+
+Writes ``OUT/tiles/{id}.zarr`` (coords + tissue mask + attributes), ``OUT/qc/{id}.png``,
+``OUT/qc/{id}.geojson`` and ``OUT/status/{id}.json`` - also for a slide that cannot be read
+(status ``failed`` with the reason), unless ``--strict``, which exits non-zero instead.
+
+Segmentation runs at ``seg_mpp`` (default 8 um/px) read from the coarsest pyramid level that
+is fine enough (level 0 shrunk in strips when the slide has one level): HSV saturation with
+Otsu's threshold (or a fixed one), pen marks (blue/green hues, where green exceeds red, which
+H&E never does; and black) and dark debris taken out, a median blur and a closing sized in
+micrometres, contours with holes (``cv2.RETR_CCOMP``) filtered by areas in um^2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import qc, store, tiling
+from .config import TissueSettings
+from .paths import Layout, UnsafeIdError, check_slide_id
+from .slide import LevelChoice, Mpp, SlideError, choose_level, open_slide, pick_level, read_level_resized, resolve_mpp, source_size
+
+log = logging.getLogger("ghanet.tissue")
+
+# Pen and debris, on OpenCV's HSV scale (H 0-179 = half degrees, S and V 0-255), at seg_mpp.
+# H&E is pink to purple (H about 125-179 and 0-10): red always exceeds green. Pen is not:
+GREEN_PEN_HUE = (35, 100)  # 70-200 deg: green is the top channel (green, teal, cyan ink)
+GREEN_PEN_MIN_SATURATION = 30  # green ink over pink tissue turns greyish, so a low bar
+BLUE_PEN_HUE = (101, 125)  # 202-250 deg: blue ink, also where it covers tissue (about 242 deg)
+BLUE_PEN_MIN_SATURATION = 90
+DARK_MAX_VALUE = 80  # black ink and debris: dark ...
+DARK_MAX_SATURATION = 90  # ... and greyish; dark stained tissue is as dark but strongly saturated
+DARK_GROW_VALUE = 100  # dark pixels up to DARK_GROW_UM from grey-black ones belong to the same blob
+DARK_GROW_UM = 16.0
+# Where ink covers stained tissue its hue drifts (green over purple looks brown): any pixel of a
+# hue H&E does not make (orange .. blue), connected to a clear pen pixel, is pen too.
+NON_HE_HUE = (11, 125)
+PEN_MIN_AREA_UM2 = 4_000.0  # coloured specks smaller than this are stain noise, not pen
+DEBRIS_MAX_AREA_UM2 = 250_000.0  # dark blobs up to this are debris; larger dark areas are black pen
+ARTIFACT_MARGIN_UM = 24.0  # widen pen/debris to take their blurred fringes too
+OTSU_FLOOR = 20  # saturation below this is never tissue (an all-white slide stays empty)
+# Outlines take pale (loose, oedematous) tissue too: saturation this far above the glass's median.
+BACKGROUND_MARGIN = 15
+QC_MAX_SIDE = 1600
+
+
+@dataclass
+class Segmentation:
+    tissue: np.ndarray  # (h, w) uint8 0/1 tissue pixels (pen/debris excluded) at seg resolution
+    regions: np.ndarray  # (h, w) uint8 0/1 kept tissue pieces with holes (smooth outlines)
+    artifacts: np.ndarray  # (h, w) bool: pen | debris (widened)
+    rgb: np.ndarray  # (h, w, 3) the image segmented
+    downsample: float  # level-0 px per mask px
+    read_level: int
+    threshold: tuple[int, int]  # saturation thresholds (outline, coverage)
+    pen_pixels: int
+    debris_pixels: int
+    polygons: list = field(default_factory=list)
+
+
+@dataclass
+class SlideResult:
+    slide_id: str
+    path: str
+    status: str = "failed"
+    reason: str = ""
+    mpp: Mpp | None = None
+    level: LevelChoice | None = None
+    level0_size: tuple[int, int] = (0, 0)
+    segmentation: Segmentation | None = None
+    grid: tiling.Grid | None = None
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    qc_thumb: np.ndarray | None = None
+    qc_downsample: float = 1.0
+
+    @property
+    def n_patches(self) -> int:
+        return 0 if self.grid is None else len(self.grid.coords)
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def _odd(n: float) -> int:
+    k = max(1, int(round(n)))
+    return k if k % 2 else k + 1
+
+
+def _px_area(um2: float, seg_mpp: float) -> float:
+    return um2 / (seg_mpp * seg_mpp)
+
+
+def otsu_from_histogram(hist: np.ndarray) -> int:
+    """Otsu's threshold of a 256-bin histogram (values <= it are the lower class)."""
+    hist = hist.astype(np.float64)
+    levels = np.arange(256, dtype=np.float64)
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * levels)
+    mean0 = np.divide(m0, w0, out=np.zeros(256), where=w0 > 0)
+    mean1 = np.divide(m0[-1] - m0, w1, out=np.zeros(256), where=w1 > 0)
+    return int(np.argmax(w0 * w1 * (mean0 - mean1) ** 2))
+
+
+def otsu(values: np.ndarray) -> int:
+    """Otsu's threshold of uint8 values (0 when there are none)."""
+    if values.size == 0:
+        return 0
+    return otsu_from_histogram(np.bincount(values.ravel(), minlength=256))
+
+
+def _histogram_median(hist: np.ndarray, lo: int, hi: int) -> float | None:
+    """Median of the values in bins lo..hi (inclusive) of a histogram; None when empty."""
+    part = hist[lo : hi + 1]
+    total = part.sum()
+    if total <= 0:
+        return None
+    return float(lo + np.searchsorted(np.cumsum(part), total / 2))
+
+
+def saturation_thresholds(saturation: np.ndarray, mask: np.ndarray | None = None) -> tuple[int, int]:
+    """(outline, coverage) thresholds on saturation (where ``mask``), from Otsu's split of glass and tissue.
+
+    ``coverage`` is the midpoint between the medians of the two classes: a low-resolution
+    pixel half covered by tissue sits there, so counting pixels above it estimates the
+    tissue fraction without bias. ``outline`` is lower (the glass median + BACKGROUND_MARGIN,
+    when that is lower) so pale, loose tissue still belongs to a tissue piece. Both are at
+    least OTSU_FLOOR, so a slide of bare glass stays empty.
+    """
+    import cv2
+
+    if saturation.size == 0:
+        return OTSU_FLOOR, OTSU_FLOOR
+    hist = cv2.calcHist([saturation], [0], mask, [256], [0, 256]).reshape(-1)
+    if hist.sum() <= 0:
+        return OTSU_FLOOR, OTSU_FLOOR
+    split = otsu_from_histogram(hist)
+    glass_median = _histogram_median(hist, 0, split)
+    stained_median = _histogram_median(hist, split + 1, 255)
+    glass_median = 0.0 if glass_median is None else glass_median
+    stained_median = 255.0 if stained_median is None else stained_median
+    coverage = max(OTSU_FLOOR, int(round((glass_median + stained_median) / 2)))
+    outline = max(OTSU_FLOOR, min(coverage, int(round(glass_median)) + BACKGROUND_MARGIN))
+    return outline, coverage
+
+
+def _in_range(hsv: np.ndarray, lower: tuple[int, int, int], upper: tuple[int, int, int]) -> np.ndarray:
+    """Pixels with every HSV channel within [lower, upper] (inclusive), as bool."""
+    import cv2
+
+    return cv2.inRange(hsv, np.array(lower, np.uint8), np.array(upper, np.uint8)) > 0
+
+
+def _component_areas(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, area of each label; label 0 is the background)."""
+    import cv2
+
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    return labels, stats[:, cv2.CC_STAT_AREA]
+
+
+def _components_touching(weak: np.ndarray, strong: np.ndarray, min_px: float = 0) -> np.ndarray:
+    """Connected components of ``weak`` of at least ``min_px`` pixels that contain a ``strong``
+    pixel (hysteresis)."""
+    if not strong.any():
+        return strong
+    labels, areas = _component_areas(weak | strong)
+    keep = np.zeros(len(areas), bool)
+    keep[np.unique(labels[strong])] = True
+    keep &= areas >= min_px
+    keep[0] = False
+    return keep[labels]
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    import cv2
+
+    if radius <= 0 or not mask.any():
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask.view(np.uint8), kernel).view(bool)
+
+
+def artifact_masks(hsv: np.ndarray, seg_mpp: float, remove_pen: bool, remove_debris: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(pen, debris) boolean masks at seg resolution, each widened by a margin."""
+    empty = np.zeros(hsv.shape[:2], bool)
+    pen, debris = empty, empty
+    # grey-black pixels, grown a little into the dark pixels next to them: at low resolution
+    # the JPEG chroma of a small black blob bleeds from its stained surroundings (dark but
+    # saturated). The growth is bounded so it never runs into dark stained tissue.
+    grey_black = _in_range(hsv, (0, 0, 0), (255, DARK_MAX_SATURATION - 1, DARK_MAX_VALUE - 1))
+    dark = grey_black
+    if grey_black.any():
+        near = _dilate(grey_black, int(round(DARK_GROW_UM / seg_mpp)))
+        dark = grey_black | (near & _in_range(hsv, (0, 0, 0), (255, 255, DARK_GROW_VALUE - 1)))
+    dark_labels, dark_areas = _component_areas(dark) if dark.any() else (None, None)
+    debris_max_px = _px_area(DEBRIS_MAX_AREA_UM2, seg_mpp)
+    if remove_pen:
+        green = _in_range(hsv, (GREEN_PEN_HUE[0], GREEN_PEN_MIN_SATURATION, 0), (GREEN_PEN_HUE[1], 255, 255))
+        blue = _in_range(hsv, (BLUE_PEN_HUE[0], BLUE_PEN_MIN_SATURATION, 0), (BLUE_PEN_HUE[1], 255, 255))
+        strong = green | blue
+        weak = strong | _in_range(hsv, (NON_HE_HUE[0], GREEN_PEN_MIN_SATURATION, 0), (NON_HE_HUE[1], 255, 255))
+        pen = _components_touching(weak, strong, min_px=_px_area(PEN_MIN_AREA_UM2, seg_mpp))
+        if dark_labels is not None:  # large dark areas: black pen
+            black = dark_areas > debris_max_px
+            black[0] = False
+            pen = pen | black[dark_labels]
+    if remove_debris and dark_labels is not None:
+        small = dark_areas <= debris_max_px
+        small[0] = False
+        debris = small[dark_labels]
+    margin = int(round(ARTIFACT_MARGIN_UM / seg_mpp))
+    return _dilate(pen, margin), _dilate(debris, margin)
+
+
+def binary_median(mask: np.ndarray, k: int) -> np.ndarray:
+    """Median filter of a 0/1 mask with a k x k window: the window's majority (a box sum, fast)."""
+    import cv2
+
+    if k <= 1:
+        return mask
+    sums = cv2.boxFilter(mask, cv2.CV_16U, (k, k), normalize=False, borderType=cv2.BORDER_REPLICATE)
+    return (sums > (k * k) // 2).view(np.uint8)
+
+
+def filter_contours(mask: np.ndarray, min_tissue_px: float, min_hole_px: float) -> np.ndarray:
+    """Redraw ``mask`` keeping tissue pieces of net area >= ``min_tissue_px`` and holes
+    of area >= ``min_hole_px`` (smaller holes are filled)."""
+    import cv2
+
+    out = np.zeros(mask.shape, np.uint8)
+    if not mask.any():
+        return out
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    hierarchy = hierarchy[0]
+    for index, contour in enumerate(contours):
+        if hierarchy[index][3] != -1:
+            continue
+        holes, child = [], hierarchy[index][2]
+        while child != -1:
+            holes.append(contours[child])
+            child = hierarchy[child][0]
+        hole_areas = [cv2.contourArea(hc) for hc in holes]
+        kept = [hc for hc, a in zip(holes, hole_areas) if a >= min_hole_px]
+        net = cv2.contourArea(contour) - sum(a for a in hole_areas if a >= min_hole_px)
+        if net < min_tissue_px:
+            continue
+        cv2.drawContours(out, [contour], -1, 1, thickness=cv2.FILLED)
+        if kept:
+            cv2.drawContours(out, kept, -1, 0, thickness=cv2.FILLED)
+            cv2.drawContours(out, kept, -1, 1, thickness=1)  # the hole's rim is tissue
+    return out
+
+
+def segment_rgb(
+    rgb: np.ndarray, seg_mpp: float, settings: TissueSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int], int, int]:
+    """Segment an RGB image at ``seg_mpp``: (tissue, regions, artifacts, thresholds, pen px, debris px).
+
+    ``regions`` (0/1) are the kept tissue pieces with their holes, closed and filtered by
+    area: smooth outlines for QC and GeoJSON. ``tissue`` (0/1) is the foreground above the
+    coverage threshold inside those regions, unsmoothed: what the patch grid measures, so a
+    gap that the closing bridged or a hole below the area filter still counts as no tissue.
+    Both exclude pen and debris.
+    ``thresholds`` are the (outline, coverage) saturation thresholds used.
+    """
+    import cv2
+
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    pen, debris = artifact_masks(hsv, seg_mpp, settings.remove_pen, settings.remove_debris)
+    artifacts = pen | debris
+    clean = (~artifacts).view(np.uint8)
+    saturation = np.ascontiguousarray(hsv[..., 1])
+    if settings.saturation_threshold is None:
+        outline_at, coverage_at = saturation_thresholds(saturation, clean)
+    else:
+        outline_at = coverage_at = int(settings.saturation_threshold)
+    k = _odd(settings.median_blur_um / seg_mpp)
+
+    def foreground(threshold: int, blur: bool) -> np.ndarray:
+        mask = cv2.threshold(saturation, threshold, 1, cv2.THRESH_BINARY)[1] & clean
+        return binary_median(mask, k) if blur else mask
+
+    closed = foreground(outline_at, blur=True)
+    c = int(round(settings.close_um / seg_mpp))
+    if c > 1:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (c, c))
+        closed = cv2.morphologyEx(closed, cv2.MORPH_CLOSE, kernel)
+    closed[artifacts] = 0  # closing must not bridge a pen stroke
+    regions = filter_contours(
+        closed, _px_area(settings.min_tissue_area_um2, seg_mpp), _px_area(settings.min_hole_area_um2, seg_mpp)
+    )
+    regions[artifacts] = 0
+    tissue = regions & foreground(coverage_at, blur=False)
+    return tissue, regions, artifacts, (outline_at, coverage_at), int(pen.sum()), int(debris.sum())
+
+
+def segmentation_plan(slide, mpp: float, seg_mpp: float, tolerance: float) -> tuple[int, tuple[int, int], float]:
+    """(level to read, mask size (w, h), level-0 px per mask px) for segmenting at ``seg_mpp``."""
+    width, height = slide.level_dimensions[0]
+    downsample = seg_mpp / mpp
+    out = (max(1, int(round(width / downsample))), max(1, int(round(height / downsample))))
+    level = pick_level(slide.level_downsamples, mpp, seg_mpp, tolerance)
+    level_w, level_h = slide.level_dimensions[level]
+    if abs(level_w - out[0]) <= 1 and abs(level_h - out[1]) <= 1:
+        out = (level_w, level_h)  # this level is the segmentation resolution: no resize
+    return level, out, width / out[0]
+
+
+def segment_slide(slide, path: str, mpp: float, settings: TissueSettings) -> Segmentation:
+    level, size, downsample = segmentation_plan(slide, mpp, settings.seg_mpp, settings.mpp_tolerance)
+    rgb = read_level_resized(slide, path, level, size)
+    seg_mpp = downsample * mpp
+    tissue, regions, artifacts, threshold, pen_px, debris_px = segment_rgb(rgb, seg_mpp, settings)
+    return Segmentation(tissue, regions, artifacts, rgb, downsample, level, threshold, pen_px, debris_px)
+
+
+# ----------------------------------------------------------------------------- one slide
+
+
+def process(
+    slide_id: str, path: str | Path, settings: TissueSettings, sheet_mpp: float | None = None, qc_image: bool = True
+) -> SlideResult:
+    """Everything but writing: a failed result carries the reason instead of raising."""
+    result = SlideResult(slide_id=slide_id, path=str(path))
+    t0 = time.perf_counter()
+    try:
+        slide = open_slide(path)
+        try:
+            result.level0_size = tuple(int(v) for v in slide.level_dimensions[0])
+            result.mpp = resolve_mpp(slide.properties, path, sheet_mpp, settings.default_slide_mpp)
+            if result.mpp.source in ("objective_power", "config_default"):
+                result.warnings.append(f"mpp {result.mpp.value:.4g} from {result.mpp.source} (approximate)")
+            result.level = choose_level(
+                slide.level_downsamples, result.mpp.value, settings.target_mpp, settings.patch_size, settings.mpp_tolerance
+            )
+            if result.level.upsampled:
+                result.warnings.append(
+                    f"slide resolution {result.level.level_mpp:.4g} um/px is coarser than target_mpp "
+                    f"{settings.target_mpp:g}: patches are upsampled from level 0"
+                )
+            t1 = time.perf_counter()
+            result.timings["open"] = t1 - t0
+            seg = segment_slide(slide, str(path), result.mpp.value, settings)
+            t2 = time.perf_counter()
+            result.timings["segment"] = t2 - t1
+            step = tiling.step_for(result.level.patch_size_level0, settings.overlap)
+            result.grid = tiling.patch_grid(
+                seg.tissue, seg.artifacts, seg.downsample, result.level0_size,
+                result.level.patch_size_level0, step, settings.min_tissue_fraction,
+            )  # fmt: skip
+            t3 = time.perf_counter()
+            result.timings["patch"] = t3 - t2
+            seg.polygons = qc.polygons_from_mask(seg.regions)
+            result.segmentation = seg
+            if qc_image:
+                result.qc_thumb, result.qc_downsample = _qc_thumbnail(slide, str(path), seg)
+                result.timings["qc_read"] = time.perf_counter() - t3
+        finally:
+            slide.close()
+    except SlideError as err:
+        result.status, result.reason = "failed", str(err)
+        result.grid = None
+        log.error("slide %s failed: %s", slide_id, err)
+        return result
+    result.status = "ok"
+    if result.n_patches == 0:
+        message = "no tissue found: 0 patches" if not seg.tissue.any() else "tissue found but no patch reaches min_tissue_fraction"
+        result.warnings.append(message)
+    for warning in result.warnings:
+        log.warning("slide %s: %s", slide_id, warning)
+    return result
+
+
+def _qc_thumbnail(slide, path: str, seg: Segmentation) -> tuple[np.ndarray, float]:
+    """A thumbnail of at most QC_MAX_SIDE px (the segmentation image when that is big enough)."""
+    width, height = slide.level_dimensions[0]
+    if max(seg.rgb.shape[:2]) >= QC_MAX_SIDE // 2:
+        return seg.rgb, seg.downsample
+    downsample = max(1.0, max(width, height) / QC_MAX_SIDE)
+    size = (max(1, int(round(width / downsample))), max(1, int(round(height / downsample))))
+    level = slide.get_best_level_for_downsample(downsample)
+    return read_level_resized(slide, path, level, size), width / size[0]
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def segmentation_params(settings: TissueSettings) -> dict:
+    params = {k: v for k, v in asdict(settings).items() if k not in ("target_mpp", "patch_size", "overlap", "min_tissue_fraction")}
+    params.update(
+        green_pen_hue=list(GREEN_PEN_HUE), green_pen_min_saturation=GREEN_PEN_MIN_SATURATION,
+        blue_pen_hue=list(BLUE_PEN_HUE), blue_pen_min_saturation=BLUE_PEN_MIN_SATURATION,
+        dark_max_value=DARK_MAX_VALUE, dark_max_saturation=DARK_MAX_SATURATION,
+        dark_grow_value=DARK_GROW_VALUE, dark_grow_um=DARK_GROW_UM, non_he_hue=list(NON_HE_HUE),
+        pen_min_area_um2=PEN_MIN_AREA_UM2, debris_max_area_um2=DEBRIS_MAX_AREA_UM2,
+        artifact_margin_um=ARTIFACT_MARGIN_UM, otsu_floor=OTSU_FLOOR, background_margin=BACKGROUND_MARGIN,
+    )  # fmt: skip
+    return params
+
+
+def store_attrs(result: SlideResult, settings: TissueSettings) -> dict:
+    level, seg, mpp = result.level, result.segmentation, result.mpp
+    grid = result.grid
+    return {
+        "ghanet_store": "tiles",
+        "status": result.status,
+        "reason": result.reason,
+        "warnings": result.warnings,
+        "slide_id": result.slide_id,
+        "source_path": str(Path(result.path).resolve()) if result.path else "",
+        "source_size_bytes": source_size(result.path),
+        "level0_size": list(result.level0_size),
+        "mpp": mpp.value if mpp else None,
+        "mpp_source": mpp.source if mpp else None,
+        "target_mpp": settings.target_mpp,
+        "effective_mpp": level.effective_mpp if level else None,
+        "read_level": level.level if level else None,
+        "read_downsample": level.downsample if level else None,
+        "read_level_mpp": level.level_mpp if level else None,
+        "upsampled": level.upsampled if level else None,
+        "patch_size": settings.patch_size,
+        "patch_size_read": level.patch_size_read if level else None,
+        "patch_size_level0": level.patch_size_level0 if level else None,
+        "step_level0": tiling.step_for(level.patch_size_level0, settings.overlap) if level else None,
+        "overlap": settings.overlap,
+        "min_tissue_fraction": settings.min_tissue_fraction,
+        "mask_downsample": seg.downsample if seg else None,
+        "segmentation_level": seg.read_level if seg else None,
+        "saturation_thresholds_used": list(seg.threshold) if seg else None,
+        "pen_pixels": seg.pen_pixels if seg else 0,
+        "debris_pixels": seg.debris_pixels if seg else 0,
+        "n_candidates": grid.n_candidates if grid else 0,
+        "n_dropped_on_artifact": grid.n_dropped_artifact if grid else 0,
+        "segmentation": segmentation_params(settings),
+    }
+
+
+def status_record(result: SlideResult, seconds: float) -> dict:
+    return {
+        "slide_id": result.slide_id,
+        "status": result.status,
+        "reason": result.reason,
+        "path": result.path,
+        "n_patches": result.n_patches,
+        "mpp": result.mpp.value if result.mpp else None,
+        "mpp_source": result.mpp.source if result.mpp else None,
+        "effective_mpp": result.level.effective_mpp if result.level else None,
+        "seconds": round(seconds, 3),
+        "warnings": result.warnings,
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+    }
+
+
+def write_outputs(result: SlideResult, settings: TissueSettings, layout: Layout, seconds: float) -> None:
+    """The four outputs; the status record goes last (it marks the slide as done)."""
+    seg = result.segmentation if result.status == "ok" else None
+    coords = result.grid.coords if (result.grid is not None and result.status == "ok") else np.zeros((0, 2), np.int64)
+    with store.atomic_path(layout.tiles(result.slide_id)) as tmp:
+        group = store.create_group(tmp, store_attrs(result, settings))
+        store.write_array(group, "coords", coords.astype(np.int64))
+        mask = seg.tissue if seg is not None else np.zeros((0, 0), np.uint8)
+        store.write_array(group, "tissue_mask", mask.astype(np.uint8), chunk_rows=1024)
+    if seg is not None:
+        level = result.level
+        caption = (
+            f"{result.slide_id}: {len(coords)} patches of {settings.patch_size} px at {level.effective_mpp:.3f} um/px "
+            f"(mpp {result.mpp.value:.4g} from {result.mpp.source})"
+        )
+        image = qc.overlay(
+            result.qc_thumb if result.qc_thumb is not None else seg.rgb, seg.polygons, seg.downsample,
+            result.qc_downsample if result.qc_thumb is not None else seg.downsample,
+            coords, level.patch_size_level0, seg.artifacts, caption,
+        )  # fmt: skip
+        qc.write_png(layout.qc_png(result.slide_id), image)
+        qc.write_geojson(
+            layout.qc_geojson(result.slide_id), seg.polygons, seg.downsample, result.slide_id, result.level0_size
+        )
+    else:
+        qc.write_png(layout.qc_png(result.slide_id), qc.failed_image(result.slide_id, result.reason))
+        qc.write_geojson(layout.qc_geojson(result.slide_id), [], 1.0, result.slide_id)
+    store.write_json(layout.status(result.slide_id), status_record(result, seconds))
+
+
+class StrictFailure(RuntimeError):
+    """A slide failed and strict mode is on."""
+
+
+def run(
+    slide_id: str,
+    slide_path: str | Path,
+    out_dir: str | Path,
+    settings: TissueSettings,
+    sheet_mpp: float | None = None,
+    strict: bool = False,
+) -> SlideResult:
+    """Process one slide and write its outputs. Raises UnsafeIdError before writing anything
+    for an unsafe id, and StrictFailure (nothing written) for a failed slide in strict mode."""
+    check_slide_id(slide_id)
+    start = time.perf_counter()
+    result = process(slide_id, slide_path, settings, sheet_mpp)
+    if strict and result.status != "ok":
+        raise StrictFailure(f"slide {slide_id} failed (strict mode): {result.reason}")
+    write_outputs(result, settings, Layout(Path(out_dir)), time.perf_counter() - start)
+    log.info(
+        "slide %s: %s, %d patches%s", slide_id, result.status, result.n_patches,
+        f" ({result.reason})" if result.reason else "",
+    )  # fmt: skip
+    return result
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli import add_settings_arguments
+
+    parser.add_argument("--slide-id", required=True, help="the slide's id (a file name: letters, digits, . _ -)")
+    parser.add_argument("--slide-path", required=True, help="the slide file (any format OpenSlide reads)")
+    parser.add_argument("--mpp", type=float, default=None, help="level-0 microns per pixel (the sample sheet's mpp); overrides the slide's")
+    parser.add_argument("--out-dir", required=True, help="output root: tiles/, qc/, status/ go under it")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit non-zero on a bad slide instead of recording it (also 'strict: true' in --config)"
+    )
+    add_settings_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from .config import load, stage_settings
+
+    settings = stage_settings("tissue", args.config, args.settings)
+    strict = bool(args.strict or (args.config and load(args.config).strict))  # config.yaml's strict: true
+    try:
+        run(args.slide_id, args.slide_path, args.out_dir, settings, args.mpp, strict)
+    except UnsafeIdError as err:
+        log.error("%s; nothing written", err)
+        return 2
+    except StrictFailure as err:
+        log.error("%s", err)
+        return 1
+    return 0
