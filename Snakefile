@@ -1,5 +1,7 @@
 # ghanet-pipeline: raw whole-slide images -> G-HANet prognosis model -> slide-only predictions.
 # Stages, one rule file each: tissue, features, genomics, train, infer, report (see README).
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -9,6 +11,9 @@ configfile: "config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
+
+# conda envs (--sdm conda) install this package from here (envs/*.post-deploy.sh).
+os.environ.setdefault("GHANET_REPO", workflow.basedir)
 
 
 include: "workflow/rules/common.smk"

@@ -33,7 +33,7 @@ def load_schema(name: str = "config") -> dict:
 
 
 def _validator_filling_defaults():
-    base = jsonschema.Draft7Validator
+    base = jsonschema.Draft202012Validator
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):

@@ -118,6 +118,40 @@ def all_targets():
     return targets
 
 
+
+# ----- inputs of the train, infer and report rules
+# (train.smk) 
+FEATURES_DIR = OUT / "features" / ENCODER_DIR
+
+
+def train_inputs(wildcards):
+    inputs = {
+        "summary": str(OUT / "genomics" / "summary.json"),
+        "targets": str(OUT / "genomics" / f"fold{wildcards.fold}" / "targets.json"),
+    }
+    if wildcards.model in SLIDE_MODELS:
+        inputs["features"] = expand(str(FEATURES_DIR / "{slide}.zarr"), slide=SLIDES)
+    return inputs
+
+
+# (infer.smk) 
+INFER = config["infer"]
+
+
+def infer_model_inputs(wildcards):
+    if INFER["models_dir"]:
+        return []  # an earlier run's models: not made by this workflow
+    return [str(OUT / "models" / INFER["model"] / "summary.json")]
+
+
+# (report.smk) 
+def report_inputs(wildcards):
+    inputs = [t for t in all_targets() if not t.endswith("index.html")]
+    if HAS_SLIDES:
+        inputs += expand(str(OUT / "qc" / "{slide}.png"), slide=SLIDES)
+    return inputs
+
+
 wildcard_constraints:
     slide=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     model=r"[a-z_]+",

@@ -9,6 +9,7 @@ if DEMO["enabled"]:
             signatures=str(DEMO_DIR / "signatures.csv"),
             splits=directory(str(DEMO_DIR / "splits")),
         params:
+            out_dir=lambda w, output: Path(output.samples).parent,
             patients=DEMO["patients"],
             seed=DEMO["seed"],
             folds=config["genomics"]["n_folds"],
@@ -17,6 +18,8 @@ if DEMO["enabled"]:
         benchmark:
             benchfile("demo_cohort", "demo_cohort")
         threads: 2
+        conda:
+            "../../envs/slides.yaml"
         shell:
-            "ghanet demo-cohort {DEMO_DIR} --patients {params.patients} --seed {params.seed}"
+            "ghanet demo-cohort {params.out_dir} --patients {params.patients} --seed {params.seed}"
             " --folds {params.folds} --threads {threads} > {log} 2>&1"

@@ -7,6 +7,7 @@ rule features:
     output:
         store=directory(str(OUT / "features" / ENCODER_DIR / "{slide}.zarr")),
     params:
+        strict=STRICT_FLAG,
         path=slide_path,
         settings=settings("features"),
     log:
@@ -17,6 +18,8 @@ rule features:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../../envs/features.yaml"
     shell:
         "ghanet features --tiles {input.tiles} --slide-path {params.path:q} --out {output.store}"
-        " --settings {params.settings:q} {STRICT_FLAG} > {log} 2>&1"
+        " --settings {params.settings:q} {params.strict} > {log} 2>&1"

@@ -10,6 +10,7 @@ if HAS_GENOMICS:
             patients=str(OUT / "genomics" / "patients.csv"),
             folds=expand(str(OUT / "genomics" / "fold{fold}" / "targets.json"), fold=FOLDS),
         params:
+            out_dir=lambda w, output: Path(output.summary).parent,
             table=COHORT_TABLE,
             signatures=f"--signatures {SIGNATURES}" if SIGNATURES else "",
             splits=f"--splits-dir {SPLITS_DIR}" if SPLITS_DIR else "",
@@ -24,7 +25,10 @@ if HAS_GENOMICS:
         resources:
             mem_mb=8000,
             runtime=30,
+        localrule: True  # one small cohort-level job: not worth a queue wait
+        conda:
+            "../../envs/genomics.yaml"
         shell:
             "ghanet genomics --cohort-table {params.table:q} {params.signatures} {params.splits}"
-            " {params.samples} {params.manifest} --out-dir {OUT}/genomics"
+            " {params.samples} {params.manifest} --out-dir {params.out_dir}"
             " --settings {params.settings:q} > {log} 2>&1"

@@ -1,12 +1,4 @@
 # Stage 5: slide-only prediction (no genomics needed) and attention heatmaps.
-INFER = config["infer"]
-
-
-def infer_model_inputs(wildcards):
-    if INFER["models_dir"]:
-        return []  # an earlier run's models: not made by this workflow
-    return [str(OUT / "models" / INFER["model"] / "summary.json")]
-
 
 rule infer:
     input:
@@ -14,9 +6,16 @@ rule infer:
         manifest=str(OUT / "manifest.csv"),
         features=expand(str(OUT / "features" / ENCODER_DIR / "{slide}.zarr"), slide=SLIDES),
     output:
-        predictions=str(OUT / "predictions.csv"),
-        heatmaps=directory(str(OUT / "heatmaps")),
+        predictions=report(str(OUT / "predictions.csv"), category="Predictions", caption="../report/predictions.rst"),
+        heatmaps=report(
+            directory(str(OUT / "heatmaps")),
+            patterns=["{name}.png"],
+            category="Heatmaps",
+            caption="../report/heatmaps.rst",
+        ),
     params:
+        out_dir=lambda w, output: Path(output.predictions).parent,
+        features_dir=lambda w, input: Path(input.features[0]).parent,
         models_dir=models_dir_for_inference(),
         samples=SAMPLES_CSV,
         settings=settings("infer"),
@@ -28,7 +27,9 @@ rule infer:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../../envs/infer.yaml"
     shell:
         "ghanet infer --models-dir {params.models_dir:q} --samples {params.samples:q}"
-        " --out-dir {OUT} --features-dir {OUT}/features/{ENCODER_DIR}"
+        " --out-dir {params.out_dir} --features-dir {params.features_dir}"
         " --settings {params.settings:q} > {log} 2>&1"

@@ -1,19 +1,12 @@
 # Stage 6: one self-contained HTML report of everything this run made.
 
-
-def report_inputs(wildcards):
-    inputs = [t for t in all_targets() if not t.endswith("index.html")]
-    if HAS_SLIDES:
-        inputs += expand(str(OUT / "qc" / "{slide}.png"), slide=SLIDES)
-    return inputs
-
-
 rule report:
     input:
         report_inputs,
     output:
         html=report(str(OUT / "report" / "index.html"), category="Report", caption="../report/report.rst"),
     params:
+        out_dir=lambda w, output: Path(output.html).parent.parent,
         settings=settings("report"),
         config=json.dumps(config, sort_keys=True),
     log:
@@ -21,6 +14,8 @@ rule report:
     benchmark:
         benchfile("report", "report")
     localrule: True
+    conda:
+        "../../envs/report.yaml"
     shell:
-        "ghanet report --out-dir {OUT} --run-config {params.config:q}"
+        "ghanet report --out-dir {params.out_dir} --run-config {params.config:q}"
         " --settings {params.settings:q} > {log} 2>&1"

@@ -11,6 +11,8 @@ rule tissue:
         geojson=str(OUT / "qc" / "{slide}.geojson"),
         status=str(OUT / "status" / "{slide}.json"),
     params:
+        out_dir=lambda w, output: Path(output.status).parent.parent,
+        strict=STRICT_FLAG,
         path=slide_path,
         mpp=slide_mpp_arg,
         settings=settings("tissue"),
@@ -22,9 +24,11 @@ rule tissue:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../../envs/slides.yaml"
     shell:
         "ghanet tissue --slide-id {wildcards.slide} --slide-path {params.path:q} {params.mpp}"
-        " --out-dir {OUT} --settings {params.settings:q} {STRICT_FLAG} > {log} 2>&1"
+        " --out-dir {params.out_dir} --settings {params.settings:q} {params.strict} > {log} 2>&1"
 
 
 rule manifest:
@@ -32,10 +36,14 @@ rule manifest:
         expand(str(OUT / "status" / "{slide}.json"), slide=SLIDES),
     output:
         str(OUT / "manifest.csv"),
+    params:
+        out_dir=lambda w, output: Path(output[0]).parent,
     log:
         logfile("manifest", "manifest"),
     benchmark:
         benchfile("manifest", "manifest")
     localrule: True
+    conda:
+        "../../envs/slides.yaml"
     shell:
-        "ghanet manifest --out-dir {OUT} --output {output} > {log} 2>&1"
+        "ghanet manifest --out-dir {params.out_dir} --output {output} > {log} 2>&1"

@@ -1,16 +1,4 @@
 # Stage 4: one job per model and fold; then one summary per model.
-FEATURES_DIR = OUT / "features" / ENCODER_DIR
-
-
-def train_inputs(wildcards):
-    inputs = {
-        "summary": str(OUT / "genomics" / "summary.json"),
-        "targets": str(OUT / "genomics" / f"fold{wildcards.fold}" / "targets.json"),
-    }
-    if wildcards.model in SLIDE_MODELS:
-        inputs["features"] = expand(str(FEATURES_DIR / "{slide}.zarr"), slide=SLIDES)
-    return inputs
-
 
 if MODELS:
 
@@ -22,6 +10,8 @@ if MODELS:
             final=str(OUT / "models" / "{model}" / "fold{fold}" / "checkpoint_final.pt"),
             predictions=str(OUT / "models" / "{model}" / "fold{fold}" / "predictions_val.csv"),
         params:
+            genomics_dir=lambda w, input: Path(input.summary).parent,
+            out_dir=lambda w, output: Path(output.result).parent,
             features=lambda w: f"--features-dir {FEATURES_DIR}" if w.model in SLIDE_MODELS else "",
             settings=settings("train"),
         log:
@@ -32,10 +22,12 @@ if MODELS:
         resources:
             mem_mb=8000,
             runtime=120,
+        conda:
+            "../../envs/train.yaml"
         shell:
             "ghanet train --model {wildcards.model} --fold {wildcards.fold}"
-            " --genomics-dir {OUT}/genomics {params.features}"
-            " --out {OUT}/models/{wildcards.model}/fold{wildcards.fold}"
+            " --genomics-dir {params.genomics_dir} {params.features}"
+            " --out {params.out_dir}"
             " --settings {params.settings:q} > {log} 2>&1"
 
     rule summarize:
@@ -43,11 +35,15 @@ if MODELS:
             expand(str(OUT / "models" / "{{model}}" / "fold{fold}" / "result.json"), fold=FOLDS),
         output:
             str(OUT / "models" / "{model}" / "summary.json"),
+        params:
+            models_dir=lambda w, output: Path(output[0]).parent,
         log:
             logfile("summarize", "{model}"),
         benchmark:
             benchfile("summarize", "{model}")
         localrule: True
+        conda:
+            "../../envs/train.yaml"
         shell:
-            "ghanet summarize --model {wildcards.model} --models-dir {OUT}/models/{wildcards.model}"
+            "ghanet summarize --model {wildcards.model} --models-dir {params.models_dir}"
             " > {log} 2>&1"

@@ -1,0 +1,118 @@
+"""Build a model by name from a plain config dict, and rebuild one from a checkpoint.
+
+``model_config(name, ...)`` returns the dict stored in checkpoints (``model_config``);
+``build_model(name, config)`` rebuilds the same architecture from it;
+``load_fold_model(path)`` returns ``(model in eval mode, checkpoint dict)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .baselines import ABMIL, SNN
+from .ghanet import GHANet
+
+MODEL_NAMES = ("ghanet", "ghanet_norecon", "abmil", "snn")
+SLIDE_MODELS = ("ghanet", "ghanet_norecon", "abmil")
+GHANET_MODELS = ("ghanet", "ghanet_norecon")
+
+
+class DimensionMismatchError(ValueError):
+    """Input dimensions differ from what a checkpoint was trained on."""
+
+
+def model_config(
+    name: str,
+    *,
+    feature_dim: int | None = None,
+    group_sizes: Sequence[int] | None = None,
+    genomic_dim: int | None = None,
+    n_bins: int = 4,
+    attention_mode: str = "clean",
+    dropout: float = 0.25,
+) -> dict[str, Any]:
+    """The plain dict that rebuilds model ``name`` (stored in checkpoints)."""
+    if name in GHANET_MODELS:
+        if feature_dim is None or not group_sizes:
+            raise ValueError(f"{name} needs feature_dim and group_sizes")
+        return {
+            "feature_dim": int(feature_dim),
+            "group_sizes": [int(k) for k in group_sizes],
+            "n_bins": int(n_bins),
+            "hidden": 512,
+            "heads": 4,
+            "head_dim": 128,
+            "dropout": float(dropout),
+            "attention_mode": attention_mode,
+        }
+    if name == "abmil":
+        if feature_dim is None:
+            raise ValueError("abmil needs feature_dim")
+        return {"feature_dim": int(feature_dim), "n_bins": int(n_bins), "hidden": 512, "dropout": float(dropout)}
+    if name == "snn":
+        if genomic_dim is None:
+            raise ValueError("snn needs genomic_dim")
+        return {
+            "input_dim": int(genomic_dim),
+            "n_bins": int(n_bins),
+            "hidden": [256, 256],
+            "dropout": float(dropout),
+            "activation": "selu",
+        }
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def build_model(name: str, config: dict[str, Any]) -> nn.Module:
+    if name in GHANET_MODELS:
+        return GHANet(**config)
+    if name == "abmil":
+        return ABMIL(**config)
+    if name == "snn":
+        return SNN(**config)
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint there; run 'ghanet train' for this model and fold first")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_fold_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from its checkpoint; returns (model in eval mode, checkpoint)."""
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt["model"], ckpt["model_config"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt
+
+
+def check_feature_dim(checkpoint: dict[str, Any], dim: int, source: str) -> None:
+    """Error naming both sides when patch features do not match the checkpoint."""
+    expected = checkpoint.get("feature_dim")
+    if expected and int(expected) != int(dim):
+        raise DimensionMismatchError(
+            f"feature dimension mismatch: {source} has {dim}-d features but the checkpoint "
+            f"({checkpoint.get('model')}, fold {checkpoint.get('fold')}) was trained on {expected}-d "
+            f"features of encoder '{checkpoint.get('encoder')}'; extract features with that encoder"
+        )
+
+
+def check_genomic_columns(checkpoint: dict[str, Any], columns: Sequence[str], source: str) -> None:
+    """Error naming both sides when genomic columns do not match the checkpoint."""
+    expected = list(checkpoint.get("genomic_columns") or [])
+    if expected and list(columns) != expected:
+        missing = [c for c in expected if c not in set(columns)][:5]
+        raise DimensionMismatchError(
+            f"genomics dimension mismatch: {source} has {len(columns)} genomic columns but the checkpoint "
+            f"({checkpoint.get('model')}, fold {checkpoint.get('fold')}) expects {len(expected)}"
+            + (f" (missing e.g. {missing})" if missing else " (same count, different order/names)")
+        )

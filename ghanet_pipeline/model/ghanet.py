@@ -1,0 +1,166 @@
+"""G-HANet: the cross-modal associating branch (CAB) and the hyper-attention survival branch (HSB).
+
+Built from ``docs/ghanet-model.md`` (Wang et al., arXiv 2403.10040). One patient per call:
+
+    out = model(features)                         # features (N, D) or (1, N, D), N >= 1
+    out["hazards"], out["S"], out["risk"], out["logits"], out["recon"]   # recon: list of (k_i,)
+    out = model(features, return_attention=True)
+    out["morphology"]   # E1 (N,): gated-attention softmax over patches
+    out["association"]  # E2 (G, N): per token, softmax over its top max(1, floor(0.2 N)) patches
+    out["association_logits"]  # M (G, N): round-2 cross-attention logits averaged over heads
+
+``attention_mode``: ``clean`` (default) has a distinct round-2 cross-attention; ``faithful``
+reuses the round-1 module for both rounds, as the authors' release does.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .attention import FeedForward, MultiHeadAttention
+
+TOPK_FRACTION = 0.2
+
+
+def topk_count(n: int, fraction: float = TOPK_FRACTION) -> int:
+    """Patches kept per token: max(1, floor(fraction * n)), never more than n."""
+    return min(n, max(1, int(fraction * n)))
+
+
+def association_weights(m: torch.Tensor, fraction: float = TOPK_FRACTION) -> torch.Tensor:
+    """E2 from M (G, N): softmax over each row's top-k entries, zero elsewhere; no gradient."""
+    m = m.detach().float()
+    k = topk_count(m.shape[-1], fraction)
+    values, index = torch.topk(m, k, dim=-1)
+    weights = torch.zeros_like(m)
+    return weights.scatter(-1, index, values.softmax(dim=-1))
+
+
+class GatedAttention(nn.Module):
+    """Gated attention scores: (tanh(Wa h) * sigmoid(Wb h)) -> Linear(hidden, 1); returns (N,)."""
+
+    def __init__(self, dim: int = 512, hidden: int = 256, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Dropout(dropout))
+        self.b = nn.Sequential(nn.Linear(dim, hidden), nn.Sigmoid(), nn.Dropout(dropout))
+        self.score = nn.Linear(hidden, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.score(self.a(h) * self.b(h)).squeeze(-1)
+
+
+def survival_outputs(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """hazards = sigmoid(logits); S = cumprod(1 - hazards); risk = -sum(S)."""
+    hazards = torch.sigmoid(logits.float())
+    survival = torch.cumprod(1.0 - hazards, dim=-1)
+    return {"logits": logits, "hazards": hazards, "S": survival, "risk": -survival.sum(dim=-1)}
+
+
+def as_bag(features: torch.Tensor) -> torch.Tensor:
+    """Accept (N, D) or (1, N, D); refuse empty bags with a clear message."""
+    if features.dim() == 3 and features.shape[0] == 1:
+        features = features[0]
+    if features.dim() != 2:
+        raise ValueError(f"expected one bag of patch features (N, D), got shape {tuple(features.shape)}")
+    if features.shape[0] == 0:
+        raise ValueError("empty bag: the patient has no patches (its feature stores hold N = 0 rows)")
+    return features
+
+
+class GHANet(nn.Module):
+    modality = "slide"
+
+    def __init__(
+        self,
+        feature_dim: int,
+        group_sizes: Sequence[int],
+        n_bins: int = 4,
+        hidden: int = 512,
+        heads: int = 4,
+        head_dim: int = 128,
+        dropout: float = 0.25,
+        attention_mode: str = "clean",
+    ) -> None:
+        super().__init__()
+        if attention_mode not in ("clean", "faithful"):
+            raise ValueError(f"attention_mode must be 'clean' or 'faithful', got {attention_mode!r}")
+        if not group_sizes or any(int(k) < 1 for k in group_sizes):
+            raise ValueError(f"every token group needs at least one target, got sizes {list(group_sizes)}")
+        self.attention_mode = attention_mode
+        self.group_sizes = [int(k) for k in group_sizes]
+        n_tokens = len(self.group_sizes)
+
+        # --- cross-modal associating branch
+        self.cab_proj = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.tokens = nn.Parameter(torch.randn(n_tokens, hidden))
+        self.norm_context = nn.LayerNorm(hidden)  # LN_h, shared by both rounds
+        self.norm_q1 = nn.LayerNorm(hidden)
+        self.cross_attn_1 = MultiHeadAttention(hidden, heads, head_dim, dropout)
+        self.norm_ff1 = nn.LayerNorm(hidden)
+        self.ff1 = FeedForward(hidden, dropout=dropout)
+        self.norm_q2 = nn.LayerNorm(hidden)
+        self.cross_attn_2 = MultiHeadAttention(hidden, heads, head_dim, dropout) if attention_mode == "clean" else None
+        self.norm_ff2 = nn.LayerNorm(hidden)
+        self.ff2 = FeedForward(hidden, dropout=dropout)
+        self.norm_recon = nn.LayerNorm(hidden)
+        self.recon_heads = nn.ModuleList(
+            nn.Sequential(
+                nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ELU(), nn.Dropout(dropout), nn.Linear(hidden, k)
+            )
+            for k in self.group_sizes
+        )
+
+        # --- hyper-attention survival branch
+        self.hsb_proj = nn.Sequential(
+            nn.Linear(feature_dim, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Dropout(dropout)
+        )
+        self.morphology = GatedAttention(hidden, hidden // 2, dropout)
+        self.edge_mlp_1 = nn.Sequential(nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ReLU())
+        self.edge_mlp_2 = nn.Sequential(nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ReLU())
+        self.self_attn = MultiHeadAttention(hidden, heads, head_dim, dropout)
+        self.norm_ff3 = nn.LayerNorm(hidden)
+        self.ff3 = FeedForward(hidden, dropout=dropout)
+        self.token_head = nn.Sequential(
+            nn.Linear(hidden, hidden // 2), nn.LayerNorm(hidden // 2), nn.ReLU(), nn.Dropout(dropout)
+        )
+        self.classifier = nn.Linear(n_tokens * (hidden // 2), n_bins)
+
+    @property
+    def second_cross_attention(self) -> MultiHeadAttention:
+        return self.cross_attn_2 if self.cross_attn_2 is not None else self.cross_attn_1
+
+    def associate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CAB trunk: (reconstructed genomic embeddings R (G, hidden), association logits M (G, N))."""
+        context = self.norm_context(h)
+        r, _ = self.cross_attn_1(self.norm_q1(self.tokens), context)
+        r = self.ff1(self.norm_ff1(r)) + r
+        r, logits = self.second_cross_attention(self.norm_q2(self.tokens + r), context)
+        r = self.ff2(self.norm_ff2(r)) + r
+        return self.norm_recon(r), logits.mean(dim=0)
+
+    def forward(self, features: torch.Tensor, return_attention: bool = False) -> dict:
+        x = as_bag(features)
+        r, m = self.associate(self.cab_proj(x))
+        recon = [head(r[i]) for i, head in enumerate(self.recon_heads)]
+
+        hb = self.hsb_proj(x)
+        e1 = self.morphology(hb).float().softmax(dim=0)  # (N,)
+        e2 = association_weights(m)  # (G, N), detached
+        hyper = (e1.unsqueeze(0) + e2) / 2
+        edges = hyper.to(hb.dtype) @ hb  # (G, hidden)
+        y = self.edge_mlp_2(self.edge_mlp_1(edges))
+        fused = (y + edges + r) / 2
+        fused = self.self_attn(fused)[0] + fused
+        fused = self.ff3(self.norm_ff3(fused)) + fused
+        logits = self.classifier(self.token_head(fused).flatten())
+
+        out = survival_outputs(logits)
+        out["recon"] = recon
+        if return_attention:
+            out["morphology"] = e1.detach()
+            out["association"] = e2
+            out["association_logits"] = m.detach().float()
+        return out
