@@ -79,7 +79,28 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    if _expanded_size(data) > MAX_YAML_NODES:  # aliases of aliases ("billion laughs")
+        raise ConfigError(f"{path}: more than {MAX_YAML_NODES} values once YAML aliases are expanded; not a config file")
     return data
+
+
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(node: Any, memo: dict[int, int] | None = None) -> int:
+    """Values in ``node`` counting every alias use (memoised, so fast even when that is huge)."""
+    memo = {} if memo is None else memo
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a self-referencing alias counts once
+    if isinstance(node, dict):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.items())
+    elif isinstance(node, list):
+        size = 1 + sum(_expanded_size(v, memo) for v in node)
+    else:
+        size = 1
+    memo[id(node)] = size
+    return size
 
 
 # ----------------------------------------------------------------------------- sections

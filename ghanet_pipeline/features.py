@@ -1,0 +1,371 @@
+"""Encode the patches of one slide into a Zarr feature store (``features/{encoder}/{slide}.zarr``).
+
+Reads the patch grid of the tiles store, reads patches with few OpenSlide calls in parallel
+workers (:mod:`ghanet_pipeline.patch_reader`), encodes them in batches
+(:mod:`ghanet_pipeline.encoders`; ``torch.inference_mode``, channels_last, bf16 autocast on
+CUDA) and streams ``features`` (N, D) to disk one row chunk at a time, so memory stays bounded
+whatever N. The store is written to a temporary sibling and renamed into place only when
+complete; a lock file ``{out}.lock`` (outside the store, ``fcntl.lockf``) keeps two processes
+from writing the same store.
+
+Precision: ``features.precision: auto`` computes in fp32 on CPU (reruns give bit-identical
+features) and in bf16 autocast on CUDA; ``bf16`` on CPU is about 2x faster (features agree to
+cosine > 0.9999) but is not bit-identical across machines. Features are stored as
+``features.dtype`` (float16 by default).
+
+A failed tiles store gives a failed features store (N = 0) with its reason. A patch region that
+fails to decode fails the slide with its coordinates in the reason, or, with
+``features.skip_bad_patches: true``, its row is dropped (from ``features`` and ``coords``) and
+counted in ``n_bad_patches``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import __version__
+from .cli import add_settings_arguments
+from .config import FeatureSettings, stage_settings
+from .store import atomic_path, create_group, json_safe, open_store
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 1024  # rows per Zarr chunk of `features` and `coords`: the write unit
+MAX_RECORDED_BAD = 1000  # bad patch coordinates kept in the attributes
+
+
+class StoreLockedError(RuntimeError):
+    """Another process is writing the same feature store."""
+
+
+class FeatureError(RuntimeError):
+    """The slide cannot be encoded (unreadable region, non-finite features...)."""
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tiles", required=True, help="tiles store of the slide (OUT/tiles/{id}.zarr)")
+    parser.add_argument("--slide-path", required=True, help="the slide file")
+    parser.add_argument("--out", required=True, help="feature store to write (OUT/features/{encoder}/{id}.zarr)")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit non-zero instead of writing a failed store for a failed slide"
+    )
+    add_settings_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    settings: FeatureSettings = stage_settings("features", args.config, args.settings)
+    try:
+        status = extract(Path(args.tiles), Path(args.slide_path), Path(args.out), settings, strict=args.strict)
+    except StoreLockedError as err:
+        log.error("%s", err)
+        return 3
+    except FeatureError as err:  # only raised in strict mode
+        log.error("%s", err)
+        return 1
+    except (FileNotFoundError, ValueError) as err:  # missing tiles store, weights offline, bad device/checkpoint
+        log.error("%s", err)
+        return 2
+    return 0 if status == "ok" or not args.strict else 1
+
+
+# ----------------------------------------------------------------------------- lock
+
+
+_HELD_LOCKS: set[str] = set()  # POSIX locks do not conflict within one process: track our own
+
+
+@contextlib.contextmanager
+def exclusive_lock(out: Path) -> Iterator[Path]:
+    """Hold ``{out}.lock`` (non-blocking exclusive lock, outside the store) while ``out`` is written.
+
+    ``fcntl.lockf`` (a POSIX record lock), not ``flock``: a POSIX lock belongs to this process
+    only, so forked reader workers do not inherit it, and it is released the moment this process
+    dies, even by SIGKILL (an inherited ``flock`` would stay held by orphaned workers).
+    """
+    lock = out.with_name(out.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    key = str(lock.resolve())
+    if key in _HELD_LOCKS:
+        raise StoreLockedError(f"{out} is being written by this process (pid {os.getpid()}; lock file {lock})")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise StoreLockedError(
+                f"{out} is being written by another process ({holder}; lock file {lock}). "
+                "Wait for it to finish; two jobs must not write the same store."
+            ) from err
+        _HELD_LOCKS.add(key)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            yield lock
+        finally:
+            _HELD_LOCKS.discard(key)
+            with contextlib.suppress(OSError):
+                fcntl.lockf(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"features.device is {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
+    return device
+
+
+def configure_threads() -> int:
+    """A fixed torch thread count: the job's share (OMP_NUM_THREADS, which Snakemake sets from
+    the rule's threads), else every CPU this process may use. Same count, same results."""
+    import torch
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    requested = os.environ.get("OMP_NUM_THREADS", "")
+    if requested.isdigit() and int(requested) > 0:
+        cpus = min(cpus, int(requested))
+    torch.set_num_threads(max(1, cpus))
+    return torch.get_num_threads()
+
+
+def extract(
+    tiles_path: Path, slide_path: Path, out: Path, settings: FeatureSettings, strict: bool = False, encoder=None
+) -> str:
+    """Write the feature store ``out`` for one slide; returns its status (``ok`` | ``failed``).
+
+    ``encoder``: an already built :class:`~ghanet_pipeline.encoders.Encoder` (moved to its
+    device) to reuse across slides; by default it is built from ``settings``.
+    """
+    with exclusive_lock(out):
+        return _extract_locked(tiles_path, slide_path, out, settings, strict, encoder)
+
+
+def _base_attrs(tiles_attrs: dict, tiles_path: Path, encoder, settings: FeatureSettings) -> dict:
+    return {
+        "ghanet_store": "features",
+        "status": "incomplete",
+        "reason": "",
+        "slide_id": tiles_attrs.get("slide_id", tiles_path.name.removesuffix(".zarr")),
+        "encoder": encoder.spec.name,
+        "dim": int(encoder.dim),
+        "weights": encoder.weights,
+        "weights_sha256": encoder.weights_sha256,
+        "dtype": settings.dtype,
+        "precision": encoder.precision,
+        "device": str(encoder.device),
+        "patch_size": tiles_attrs.get("patch_size"),
+        "patch_size_read": tiles_attrs.get("patch_size_read"),
+        "patch_size_level0": tiles_attrs.get("patch_size_level0"),
+        "read_level": tiles_attrs.get("read_level"),
+        "target_mpp": tiles_attrs.get("target_mpp"),
+        "effective_mpp": tiles_attrs.get("effective_mpp"),
+        "tiles_store": str(tiles_path),
+        "slide_path": str(tiles_attrs.get("source_path", "")),
+        "n_bad_patches": 0,
+        "bad_patches": [],
+        "package_version": __version__,
+    }
+
+
+def _extract_locked(
+    tiles_path: Path, slide_path: Path, out: Path, settings: FeatureSettings, strict: bool, encoder=None
+) -> str:
+    from .encoders import build_encoder
+
+    t0 = time.perf_counter()
+    tiles = open_store(tiles_path)
+    tiles_attrs = dict(tiles.attrs)
+    configure_threads()
+    if encoder is None:
+        device = resolve_device(settings.device)
+        encoder = build_encoder(settings.encoder, settings.weights, settings.allow_download)
+        encoder = encoder.to(device, settings.precision)
+    device = encoder.device
+    attrs = _base_attrs(tiles_attrs, tiles_path, encoder, settings)
+    slide_id = attrs["slide_id"]
+
+    reason = ""
+    if tiles_attrs.get("status", "ok") != "ok":
+        reason = f"tiles stage failed: {tiles_attrs.get('reason', '') or 'no reason recorded'}"
+    elif "coords" not in tiles or tiles["coords"].shape[0] == 0:
+        reason = "the tiles store has no patches (no tissue found)"
+    elif not slide_path.is_file():
+        reason = f"slide file not found: {slide_path}"
+    if reason:
+        return _finish_failed(out, attrs, reason, strict)
+
+    from .patch_reader import grid_from_store, iterate_batches
+
+    grid = grid_from_store(tiles, slide_path)
+    try:
+        import openslide
+
+        with openslide.OpenSlide(str(slide_path)) as slide:
+            if grid.read_level >= slide.level_count:
+                raise FeatureError(
+                    f"{slide_path}: read level {grid.read_level} recorded in {tiles_path} does not exist "
+                    f"(the slide has {slide.level_count}); rerun the tissue stage for {slide_id}"
+                )
+    except (openslide.OpenSlideError, OSError) as err:
+        return _finish_failed(out, attrs, f"OpenSlide cannot open {slide_path}: {err}", strict)
+    except FeatureError as err:
+        return _finish_failed(out, attrs, str(err), strict)
+
+    n, dim = len(grid), encoder.dim
+    dtype = np.dtype(settings.dtype)
+    n_batches = (n + settings.batch_size - 1) // settings.batch_size
+    log.info(
+        "%s: %d patches, %d batches of %d, encoder %s on %s (%s), %d reader workers",
+        slide_id, n, n_batches, settings.batch_size, settings.encoder, device, encoder.precision, settings.num_workers,
+    )
+    try:
+        with atomic_path(out) as tmp:
+            group = create_group(tmp, attrs)
+            writer = RowWriter(group, n, dim, dtype)
+            bad: list[list[int]] = []
+            batches = iterate_batches(
+                grid, settings.batch_size, settings.num_workers, pin_memory=device.type == "cuda"
+            )
+            from tqdm import tqdm
+
+            with tqdm(total=n, unit="patch", desc=slide_id, disable=None, file=sys.stderr) as bar:
+                for b, batch in enumerate(batches):
+                    if batch.errors:
+                        if not settings.skip_bad_patches:
+                            raise FeatureError(_bad_patch_message(slide_path, batch.errors))
+                        for x, y, msg in batch.errors:
+                            log.warning("%s: dropping patch at level-0 (x=%d, y=%d): %s", slide_id, x, y, msg)
+                            bad.append([x, y])
+                    rows = encode_batch(encoder, batch, dtype, slide_path)
+                    writer.append(rows, grid.coords[batch.start : batch.start + len(batch.ok)][batch.ok])
+                    bar.update(len(batch.ok))
+                    log.debug("batch %d/%d done (%d rows)", b + 1, n_batches, writer.n_written + writer.n_buffered)
+            writer.close()
+            if bad:
+                log.warning("%s: %d bad patch(es) dropped", slide_id, len(bad))
+            group.attrs.update(
+                json_safe(
+                    {
+                        "status": "ok",
+                        "n_patches": writer.n_written,
+                        "n_bad_patches": len(bad),
+                        "bad_patches": bad[:MAX_RECORDED_BAD],
+                        "seconds": round(time.perf_counter() - t0, 3),
+                    }
+                )
+            )
+            if writer.n_written == 0:
+                group.attrs.update({"status": "failed", "reason": "every patch failed to decode"})
+    except FeatureError as err:
+        return _finish_failed(out, attrs, str(err), strict)
+    status = dict(open_store(out).attrs)["status"]
+    log.info("%s: %s, %d x %d features in %.1f s -> %s", slide_id, status, writer.n_written, dim,
+             time.perf_counter() - t0, out)
+    return status
+
+
+def encode_batch(encoder, batch, dtype: np.dtype, slide_path: Path) -> np.ndarray:
+    """Features of the readable rows of ``batch`` as ``dtype``; non-finite values are an error."""
+    import torch
+
+    feats = encoder(batch.patches)
+    if not batch.ok.all():
+        feats = feats[torch.from_numpy(batch.ok).to(feats.device)]
+    rows = feats.cpu().numpy()
+    if not np.isfinite(rows).all():
+        raise FeatureError(f"{slide_path}: non-finite features in rows {batch.start}+ (encoder {encoder.spec.name})")
+    rows = rows.astype(dtype)
+    if not np.isfinite(rows).all():
+        raise FeatureError(f"{slide_path}: features overflow {dtype.name}; set features.dtype: float32")
+    return rows
+
+
+def _bad_patch_message(slide_path: Path, errors: list[tuple[int, int, str]]) -> str:
+    x, y, msg = errors[0]
+    more = f" (and {len(errors) - 1} more in the same batch)" if len(errors) > 1 else ""
+    return (
+        f"{slide_path}: the region of the patch at level-0 (x={x}, y={y}) cannot be decoded{more}: {msg}. "
+        "The slide file is damaged there; set features.skip_bad_patches: true to drop such patches"
+    )
+
+
+def _finish_failed(out: Path, attrs: dict, reason: str, strict: bool) -> str:
+    log.error("%s: %s", attrs["slide_id"], reason)
+    if strict:
+        raise FeatureError(f"{attrs['slide_id']}: {reason}")
+    with atomic_path(out) as tmp:
+        group = create_group(tmp, {**attrs, "status": "failed", "reason": reason, "n_patches": 0})
+        group.create_array("features", shape=(0, attrs["dim"]), dtype=attrs["dtype"], chunks=(1, max(1, attrs["dim"])))
+        group.create_array("coords", shape=(0, 2), dtype="int64", chunks=(1, 2))
+    return "failed"
+
+
+class RowWriter:
+    """Append rows to ``features`` / ``coords``, writing whole chunks: bounded memory, no rewrites."""
+
+    def __init__(self, group, n_rows: int, dim: int, dtype: np.dtype, chunk_rows: int = CHUNK_ROWS):
+        self.chunk_rows = max(1, min(chunk_rows, n_rows))
+        self.features = group.create_array(
+            "features", shape=(n_rows, dim), dtype=dtype, chunks=(self.chunk_rows, dim)
+        )
+        self.coords = group.create_array("coords", shape=(n_rows, 2), dtype="int64", chunks=(self.chunk_rows, 2))
+        self.dim = dim
+        self.n_written = 0
+        self._feats: list[np.ndarray] = []
+        self._coords: list[np.ndarray] = []
+        self.n_buffered = 0
+
+    def append(self, feats: np.ndarray, coords: np.ndarray) -> None:
+        if len(feats):
+            self._feats.append(feats)
+            self._coords.append(np.asarray(coords, dtype=np.int64))
+            self.n_buffered += len(feats)
+        while self.n_buffered >= self.chunk_rows:
+            self._flush(self.chunk_rows)
+
+    def _flush(self, rows: int) -> None:
+        feats = np.concatenate(self._feats)
+        coords = np.concatenate(self._coords)
+        a, b = self.n_written, self.n_written + rows
+        self.features[a:b] = feats[:rows]
+        self.coords[a:b] = coords[:rows]
+        self._feats = [feats[rows:]] if len(feats) > rows else []
+        self._coords = [coords[rows:]] if len(coords) > rows else []
+        self.n_written = b
+        self.n_buffered -= rows
+
+    def close(self) -> None:
+        if self.n_buffered:
+            self._flush(self.n_buffered)
+        if self.n_written != self.features.shape[0]:  # dropped bad patches: shrink to what was written
+            self.features.resize((self.n_written, self.dim))
+            self.coords.resize((self.n_written, 2))
