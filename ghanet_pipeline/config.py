@@ -75,11 +75,17 @@ def read_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML (only plain YAML is accepted): {err}") from err
+    except RecursionError as err:
+        raise ConfigError(f"{path}: YAML nested too deeply; not a config file") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
-    if _expanded_size(data) > MAX_YAML_NODES:  # aliases of aliases ("billion laughs")
+    try:
+        too_big = _expanded_size(data) > MAX_YAML_NODES  # aliases of aliases ("billion laughs")
+    except RecursionError:
+        too_big = True
+    if too_big:
         raise ConfigError(f"{path}: more than {MAX_YAML_NODES} values once YAML aliases are expanded; not a config file")
     return data
 

@@ -149,8 +149,11 @@ def check_columns(table: pd.DataFrame, source: str) -> pd.DataFrame:
 def parse_cohort_text(text: str, source: str = "cohort table", sep: str = ",") -> pd.DataFrame:
     """Parse table text (the testable core of :func:`read_cohort_table`)."""
     text = text.lstrip("\ufeff").replace("\r\n", "\n")
-    table = pd.read_csv(io.StringIO(text), sep=sep, dtype={"case_id": str, "slide_id": str})
-    table.columns = [str(c).strip() for c in table.columns]
+    try:
+        table = pd.read_csv(io.StringIO(text), sep=sep, dtype={"case_id": str, "slide_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+        raise GenomicsError(f"{source}: not a readable csv/tsv table: {err}") from err
+    table.columns = [str(c).strip().replace("\r", "") for c in table.columns]
     return check_columns(table, source)
 
 
@@ -213,8 +216,8 @@ def _bad_survival_reason(raw_time, time: float, raw_cens, cens: float) -> str | 
 
 def valid_survival(patients: pd.DataFrame, problems: Problems) -> pd.DataFrame:
     """Patients whose time and censorship can label them; the others are reported and left out."""
-    time = pd.to_numeric(patients["survival_months"], errors="coerce").astype(float).to_numpy()
-    cens = pd.to_numeric(patients["censorship"], errors="coerce").astype(float).to_numpy()
+    time = _to_float(patients["survival_months"]).to_numpy()
+    cens = _to_float(patients["censorship"]).to_numpy()
     keep = np.ones(len(patients), dtype=bool)
     for i, (case_id, raw_t, raw_c) in enumerate(zip(patients.index, patients.survival_months, patients.censorship)):
         reason = _bad_survival_reason(raw_t, time[i], raw_c, cens[i])
@@ -235,7 +238,7 @@ def valid_survival(patients: pd.DataFrame, problems: Problems) -> pd.DataFrame:
 def numeric_matrix(patients: pd.DataFrame, columns: Sequence[str], problems: Problems) -> pd.DataFrame:
     """Used genomic columns as float64; non-numeric, infinite and huge cells become NaN (reported)."""
     block = patients[list(columns)]
-    values = block.apply(pd.to_numeric, errors="coerce").astype(float)
+    values = block.apply(_to_float)
     raw_missing = block.isna().to_numpy()
     nan = values.isna().to_numpy()
     arr = values.to_numpy()
@@ -247,6 +250,22 @@ def numeric_matrix(patients: pd.DataFrame, columns: Sequence[str], problems: Pro
     arr = np.where(inf | huge, np.nan, arr)
     _report_cells(problems, "missing", "empty", raw_missing, block, columns)
     return pd.DataFrame(arr, index=patients.index, columns=list(columns))
+
+
+def _to_float(column: pd.Series) -> pd.Series:
+    """Numbers as float64, anything else NaN; a number too large for float64 (``1e400``) is inf, not text."""
+    values = pd.to_numeric(column, errors="coerce").astype(float)
+    text = values.isna() & column.notna()
+    if text.any():
+        values[text] = [_float_or_nan(v) for v in column[text]]
+    return values
+
+
+def _float_or_nan(value) -> float:
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        return float("nan")
 
 
 def _report_cells(problems: Problems, kind: str, what: str, mask: np.ndarray, block: pd.DataFrame, columns) -> None:

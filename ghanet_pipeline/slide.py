@@ -61,17 +61,64 @@ class LevelChoice:
     upsampled: bool  # level 0 is coarser than the target (beyond tolerance)
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+REMOVE_HINT = "or remove the slide from the sample sheet"
+
+
+def check_slide_file(path: str | Path) -> Path:
+    """The checks OpenSlide's own message would hide: missing, a folder, empty, not readable."""
+    p = Path(path)
+    if p.is_dir():
+        raise SlideError(
+            f"{p} is a directory, not a slide file: point the sample sheet's 'path' at the slide file itself "
+            f"(for MRXS the .mrxs file next to the folder), {REMOVE_HINT}"
+        )
+    if not p.is_file():
+        raise SlideError(f"slide file not found: {p} (check the 'path' column of the sample sheet, {REMOVE_HINT})")
+    try:
+        with open(p, "rb") as handle:
+            head = handle.read(8)
+    except PermissionError as err:
+        raise SlideError(
+            f"cannot read {p}: permission denied ({err.strerror}); give the user that runs the pipeline read access "
+            f"(chmod a+r / chown), {REMOVE_HINT}"
+        ) from err
+    except OSError as err:
+        raise SlideError(f"cannot read {p}: {type(err).__name__}: {err}; check the disk or copy the file again") from err
+    if not head:
+        raise SlideError(f"{p} is empty (0 bytes): an interrupted copy or download; copy the slide again, {REMOVE_HINT}")
+    return p
+
+
+def _unopenable_hint(p: Path) -> str:
+    with open(p, "rb") as handle:
+        head = handle.read(4)
+    if head[:4] in TIFF_MAGIC:
+        return (
+            f"the file is a TIFF ({source_size(p)} bytes) that OpenSlide cannot read as a slide: truncated "
+            f"(compare its size with the original and copy it again), damaged, or not a tiled whole-slide image; {REMOVE_HINT}"
+        )
+    return (
+        f"the file is not a whole-slide image in a format OpenSlide reads (first bytes {head!r}): check that the path "
+        f"names the right file and that it was copied completely, {REMOVE_HINT}"
+    )
+
+
 def open_slide(path: str | Path):
-    """Open a slide with OpenSlide; any failure is a :class:`SlideError` naming the path."""
+    """Open a slide with OpenSlide; any failure is a :class:`SlideError` naming the path, the cause
+    and what to do."""
     import openslide
 
-    p = Path(path)
-    if not p.is_file():
-        raise SlideError(f"slide file not found: {p} (check the 'path' column of the sample sheet)")
+    p = check_slide_file(path)
     try:
         return openslide.OpenSlide(str(p))
     except (openslide.OpenSlideError, OSError, ValueError) as err:
-        raise SlideError(f"OpenSlide cannot open {p}: {type(err).__name__}: {err}") from err
+        cause = f"OpenSlide cannot open {p}: {type(err).__name__}: {err}"
+        try:
+            hint = _unopenable_hint(p)
+        except OSError:
+            hint = f"check the file, {REMOVE_HINT}"
+        raise SlideError(f"{cause}. {hint[0].upper()}{hint[1:]}") from err
 
 
 def _positive(value: str | None) -> float | None:
@@ -202,7 +249,9 @@ def read_region_rgb(slide, path: str | Path, location: tuple[int, int], level: i
         image = slide.read_region(location, level, size)
     except (openslide.OpenSlideError, OSError, ValueError) as err:
         raise SlideError(
-            f"reading pixels of {path} failed (level {level}, at {location}, size {size}): {type(err).__name__}: {err}"
+            f"reading pixels of {path} failed (level {level}, at {location}, size {size}): {type(err).__name__}: {err}. "
+            f"The slide file is damaged in that region (a corrupt tile or a truncated copy): copy or export it again, "
+            f"{REMOVE_HINT}"
         ) from err
     return _rgba_to_rgb(np.asarray(image))
 

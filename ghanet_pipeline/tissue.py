@@ -14,6 +14,7 @@ micrometres, contours with holes (``cv2.RETR_CCOMP``) filtered by areas in um^2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -361,21 +362,41 @@ def process(
             seg.polygons = qc.polygons_from_mask(seg.regions)
             result.segmentation = seg
             if qc_image:
-                result.qc_thumb, result.qc_downsample = _qc_thumbnail(slide, str(path), seg)
+                try:
+                    result.qc_thumb, result.qc_downsample = _qc_thumbnail(slide, str(path), seg)
+                except SlideError as err:  # the QC picture is not worth failing the slide for
+                    result.warnings.append(
+                        f"QC thumbnail not readable, the segmentation image is used instead; the features stage "
+                        f"will fail or skip patches in the damaged region: {err}"
+                    )
                 result.timings["qc_read"] = time.perf_counter() - t3
         finally:
-            slide.close()
+            with contextlib.suppress(Exception):
+                slide.close()
     except SlideError as err:
-        result.status, result.reason = "failed", str(err)
-        result.grid = None
-        log.error("slide %s failed: %s", slide_id, err)
-        return result
+        return _failed(result, str(err))
+    except Exception as err:  # noqa: BLE001 - one odd slide must not stop the cohort
+        log.debug("slide %s: unexpected error", slide_id, exc_info=True)
+        return _failed(
+            result,
+            f"unexpected error while processing {path}: {type(err).__name__}: {err}. "
+            "Check the slide (open it in QuPath or openslide-show-properties); if it looks fine, rerun with "
+            "'ghanet tissue -v' and report the traceback",
+        )
     result.status = "ok"
     if result.n_patches == 0:
         message = "no tissue found: 0 patches" if not seg.tissue.any() else "tissue found but no patch reaches min_tissue_fraction"
         result.warnings.append(message)
     for warning in result.warnings:
         log.warning("slide %s: %s", slide_id, warning)
+    return result
+
+
+def _failed(result: SlideResult, reason: str) -> SlideResult:
+    result.status, result.reason = "failed", reason
+    result.grid = None
+    result.segmentation = None
+    log.error("slide %s failed: %s", result.slide_id, reason)
     return result
 
 
