@@ -10,6 +10,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# As `ghanet` does (cli.main): idle OpenMP threads sleep rather than spin, so in-process
+# torch in the tests does not starve the subprocesses they start.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

@@ -220,6 +220,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, caplog):
     assert (out / "resume.pt").is_file()
 
     caplog.set_level("INFO", logger="ghanet_pipeline.train")
+    caplog.clear()  # only the resumed run's records (the reference run may have logged too)
     train_fold("abmil", 0, genomics_dir, features_dir, out, settings(**RESUME_SETTINGS))
     resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming from")]
     assert len(resumed) == 1

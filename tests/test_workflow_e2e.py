@@ -53,3 +53,29 @@ def test_second_run_has_nothing_to_do(demo_run):
     workdir, _ = demo_run
     out = snakemake(workdir, "-n", "--cores", "2").stdout
     assert "Nothing to be done" in out or "nothing to be done" in out.lower()
+
+
+def test_slide_only_cohort_with_earlier_models(demo_run, tmp_path, shared_data):
+    """A new cohort with slides and no genomics at all: tissue -> features -> infer -> report."""
+    workdir, _ = demo_run
+    demo_slides = sorted((workdir / "demo_data" / "slides").glob("*-01.svs"))[:2]  # two patients
+    rows = [f"{p.stem},{p.stem[:9]},{p}" for p in demo_slides]
+    rows.append(f"CMU-1,CMU-CASE,{shared_data / 'slides' / 'CMU-1-Small-Region.svs'}")
+    rows.append(f"BROKEN-1,BROKEN-CASE,{shared_data / 'slides' / 'bad' / 'unopenable.tiff'}")
+    (tmp_path / "samples.csv").write_text("slide_id,case_id,path\n" + "\n".join(rows) + "\n")
+    tiny_demo_config(
+        tmp_path,
+        demo={"enabled": False},
+        samples="samples.csv",
+        infer={"models_dir": str(workdir / "results" / "models")},
+    )
+    snakemake(tmp_path, "--cores", "2")
+    predictions = pd.read_csv(tmp_path / "results" / "predictions.csv").set_index("case_id")
+    assert set(predictions.index) == {p.stem[:9] for p in demo_slides} | {"CMU-CASE", "BROKEN-CASE"}
+    assert predictions.loc["BROKEN-CASE", "status"] == "missing"
+    assert str(predictions.loc["BROKEN-CASE", "reason"]).strip() not in ("", "nan")
+    ok = predictions[predictions.status == "ok"]
+    assert len(ok) == 3 and np.isfinite(ok.risk).all() and set(ok.risk_group) <= {"high", "low"}
+    assert not (tmp_path / "results" / "genomics").exists() and not (tmp_path / "results" / "models").exists()
+    html = (tmp_path / "results" / "report" / "index.html").read_text()
+    assert "BROKEN-1" in html

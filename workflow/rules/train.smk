@@ -18,7 +18,8 @@ if MODELS:
             logfile("train", "{model}_fold{fold}"),
         benchmark:
             benchfile("train", "{model}_fold{fold}")
-        threads: 2
+        # One thread per job: small bags gain nothing from more, and two jobs share 2 cores.
+        threads: 1
         resources:
             mem_mb=8000,
             runtime=120,
