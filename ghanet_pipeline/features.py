@@ -38,6 +38,7 @@ import numpy as np
 from . import __version__
 from .cli import add_settings_arguments
 from .config import FeatureSettings, stage_settings
+from .devices import resolve_device
 from .store import atomic_path, create_group, json_safe, open_store
 
 log = logging.getLogger(__name__)
@@ -130,17 +131,6 @@ def exclusive_lock(out: Path) -> Iterator[Path]:
 # ----------------------------------------------------------------------------- extraction
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"features.device is {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
-    return device
-
-
 def configure_threads() -> int:
     """A fixed torch thread count: the job's share (OMP_NUM_THREADS, which Snakemake sets from
     the rule's threads), else every CPU this process may use. Same count, same results."""
@@ -206,7 +196,7 @@ def _extract_locked(
     tiles_attrs = dict(tiles.attrs)
     configure_threads()
     if encoder is None:
-        device = resolve_device(settings.device)
+        device = resolve_device(settings.device, "features.device")
         encoder = build_encoder(settings.encoder, settings.weights, settings.allow_download)
         encoder = encoder.to(device, settings.precision)
     device = encoder.device

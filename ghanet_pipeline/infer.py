@@ -26,6 +26,7 @@ import pandas as pd
 
 from .cli import add_settings_arguments
 from .config import InferSettings, stage_settings
+from .devices import DeviceError, resolve_device
 from .safe_text import neutralise_frame
 from .store import atomic_path, open_store
 
@@ -182,14 +183,6 @@ def median_threshold(models: list[FoldModel]) -> float | None:
     return float(np.mean([float(v) for v in values]))
 
 
-def resolve_device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 # ----------------------------------------------------------------------------- heatmap inputs
 
 
@@ -250,7 +243,7 @@ def run(samples: pd.DataFrame, models_dir: Path, features_dir: Path, out_dir: Pa
 
     from . import heatmaps
 
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, "infer.device")
     models = load_models(find_checkpoints(models_dir, settings.model, settings.fold, settings.checkpoint), device)
     slides = [inspect_slide(row, features_dir, out_dir) for _, row in samples.iterrows()]
     check_compatible(models, slides)
@@ -325,7 +318,7 @@ def main(args: argparse.Namespace) -> int:
         samples = read_samples(args.samples)
         run(samples, Path(args.models_dir), Path(args.features_dir), Path(args.out_dir), settings,
             Path(args.tiles_dir) if args.tiles_dir else None)
-    except (InferError, DimensionMismatchError, SampleSheetError, FileNotFoundError) as err:
+    except (InferError, DimensionMismatchError, SampleSheetError, DeviceError, FileNotFoundError) as err:
         log.error("%s", err)
         return 1
     return 0

@@ -36,6 +36,7 @@ from . import __version__
 from .bags import BagSource, find_patient_stores
 from .cli import add_settings_arguments
 from .config import TrainSettings, stage_settings
+from .devices import resolve_device
 from .metrics import concordance_index
 from .model import GHANET_MODELS, MODEL_NAMES, SLIDE_MODELS, build_model, model_config
 from .model.losses import nll_survival_loss, reconstruction_loss
@@ -203,15 +204,6 @@ def build_cohort(
 
 
 # ----------------------------------------------------------------------------- steps
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainInputError(f"train.device is '{name}' but CUDA is not available here; use 'auto' or 'cpu'")
-    return device
 
 
 def model_input(model: torch.nn.Module, patient: Patient, bags: BagSource | None, rows=None) -> torch.Tensor:
@@ -402,7 +394,7 @@ def train_fold(
     started = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(settings.device)
+    device = resolve_device(settings.device, "train.device")
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
 
