@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ import pandas as pd
 from .cli import add_settings_arguments
 from .config import InferSettings, stage_settings
 from .devices import DeviceError, resolve_device
+from .metrics import risk_from_survival
 from .safe_text import neutralise_frame
 from .store import atomic_path, open_store
 
@@ -48,6 +50,7 @@ class SlideInput:
     n_patches: int = 0
     dim: int = 0
     encoder: str = ""
+    group: Any = field(default=None, compare=False, repr=False)  # the opened feature store (usable slides)
 
 
 @dataclass(frozen=True)
@@ -98,13 +101,12 @@ def load_models(paths: list[Path], device: str) -> list[FoldModel]:
 
 def _status_reason(out_dir: Path, slide_id: str) -> str | None:
     """The reason recorded by the tissue stage in ``status/{slide}.json``, if it failed there."""
-    import json
+    from .manifest import read_status
 
     path = out_dir / "status" / f"{slide_id}.json"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not path.is_file():
         return None
+    record = read_status(path)
     if record.get("status", "ok") != "ok":
         return f"tissue stage: {record.get('reason', 'failed')}"
     return None
@@ -127,7 +129,8 @@ def inspect_slide(row: pd.Series, features_dir: Path, out_dir: Path) -> SlideInp
     if "features" not in group or group["features"].ndim != 2 or group["features"].shape[0] == 0:
         return SlideInput(**base, ok=False, reason=f"feature store {store} holds no patches")
     n, dim = group["features"].shape
-    return SlideInput(**base, ok=True, reason="", n_patches=int(n), dim=int(dim), encoder=str(attrs.get("encoder", "")))
+    return SlideInput(**base, ok=True, reason="", n_patches=int(n), dim=int(dim), encoder=str(attrs.get("encoder", "")),
+                      group=group)
 
 
 def check_compatible(models: list[FoldModel], slides: list[SlideInput]) -> None:
@@ -171,7 +174,7 @@ def predict_bag(models: list[FoldModel], bag: np.ndarray, device: str) -> Patien
 
 
 def read_features(slides: list[SlideInput]) -> np.ndarray:
-    parts = [np.asarray(open_store(s.store)["features"][...]) for s in slides]
+    parts = [np.asarray(s.group["features"][...]) for s in slides]
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
@@ -186,10 +189,10 @@ def median_threshold(models: list[FoldModel]) -> float | None:
 # ----------------------------------------------------------------------------- heatmap inputs
 
 
-def slide_geometry(feature_store: Path, tiles_dir: Path, slide_id: str, coords: np.ndarray) -> tuple[int, tuple[int, int]]:
-    """(patch size in level-0 px, level-0 size) from the tiles store; estimated from coords if absent."""
+def slide_geometry(attrs: dict, tiles_dir: Path, slide_id: str, coords: np.ndarray) -> tuple[int, tuple[int, int]]:
+    """(patch size in level-0 px, level-0 size) from the tiles store named in the feature store's ``attrs``
+    (else ``tiles_dir/{slide}.zarr``); estimated from coords if absent."""
     candidates = []
-    attrs = dict(open_store(feature_store).attrs)
     if attrs.get("tiles_store"):
         candidates.append(Path(str(attrs["tiles_store"])))
     candidates.append(tiles_dir / f"{slide_id}.zarr")
@@ -217,11 +220,11 @@ def slide_attention(patient: list[SlideInput], output: PatientOutput, models: li
     for s in patient:
         rows = slice(start, start + s.n_patches)
         start += s.n_patches
-        coords = np.asarray(open_store(s.store)["coords"][...], dtype=np.int64)
+        coords = np.asarray(s.group["coords"][...], dtype=np.int64)
         if coords.shape[0] != s.n_patches:
             raise InferError(f"{s.store}: coords has {coords.shape[0]} rows but features {s.n_patches}; "
                              "re-run the features stage for this slide")
-        patch, size = slide_geometry(s.store, tiles_dir, s.slide_id, coords)
+        patch, size = slide_geometry(dict(s.group.attrs), tiles_dir, s.slide_id, coords)
         result.append(SlideAttention(
             slide_id=s.slide_id, case_id=s.case_id, coords=coords,
             morphology=output.morphology[rows].astype(np.float32),
@@ -241,7 +244,7 @@ def run(samples: pd.DataFrame, models_dir: Path, features_dir: Path, out_dir: Pa
     """Predict every patient of ``samples``; write predictions.csv and heatmaps/; return the table."""
     from tqdm import tqdm
 
-    from . import heatmaps
+    from . import heatmaps, km
 
     device = resolve_device(settings.device, "infer.device")
     models = load_models(find_checkpoints(models_dir, settings.model, settings.fold, settings.checkpoint), device)
@@ -268,9 +271,9 @@ def run(samples: pd.DataFrame, models_dir: Path, features_dir: Path, out_dir: Pa
                 log.warning("patient %s: missing (%s)", case_id, failed)
                 continue
             output = predict_bag(models, read_features(usable), device)
-            risk = float(-output.survival.sum())
+            risk = float(risk_from_survival(output.survival))
             n_bins = n_bins or len(output.survival)
-            group = "" if threshold is None else ("high" if risk > threshold else "low")
+            group = "" if threshold is None else str(km.split_at(risk, threshold))
             rows.append({**row, "status": "ok", "reason": failed, "risk": risk,
                          **{f"S_{i}": float(v) for i, v in enumerate(output.survival)},
                          "risk_group": group, "folds_used": folds_used})

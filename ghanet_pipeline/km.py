@@ -28,7 +28,11 @@ class KMResult:
 
 
 def split_at(risk: np.ndarray, threshold: float) -> np.ndarray:
-    """``"high"`` where risk is above ``threshold``, else ``"low"``."""
+    """``"high"`` where risk is above ``threshold``, else ``"low"`` (NaN risk: ``"low"``).
+
+    The one high/low rule of the pipeline: the report's held-out curves and ``ghanet infer``'s
+    ``risk_group`` both call it (a scalar risk gives a 0-d array; ``str()`` of it is the label).
+    """
     return np.where(np.asarray(risk, dtype=float) > threshold, "high", "low")
 
 

@@ -114,24 +114,14 @@ def figure(uri: str, caption: str, css: str = "") -> str:
 
 def read_slide_status(out: Path) -> pd.DataFrame:
     """One row per slide from ``status/*.json`` (the source of ``manifest.csv``), else the manifest."""
-    records = []
-    for path in sorted((out / "status").glob("*.json")):
-        try:
-            records.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as err:
-            records.append({"slide_id": path.stem, "status": "unreadable", "reason": f"{path.name}: {err}"})
+    from . import manifest
+
+    records = manifest.gather(out)
     if records:
-        frame = pd.DataFrame.from_records(records)
-    elif (out / "manifest.csv").is_file():
-        frame = pd.read_csv(out / "manifest.csv", dtype={"slide_id": str, "case_id": str}, keep_default_na=False)
-    else:
-        return pd.DataFrame()
-    manifest = out / "manifest.csv"
-    if records and manifest.is_file():
-        extra = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-        if "case_id" in extra.columns and "slide_id" in extra.columns and "case_id" not in frame.columns:
-            frame = frame.merge(extra[["slide_id", "case_id"]], on="slide_id", how="left")
-    return frame
+        return pd.DataFrame.from_records(records)
+    if (out / "manifest.csv").is_file():
+        return pd.read_csv(out / "manifest.csv", dtype={"slide_id": str}, keep_default_na=False)
+    return pd.DataFrame()
 
 
 def slide_cases(out: Path, run_config: dict | None) -> dict[str, str]:
@@ -206,20 +196,15 @@ def read_json(path: Path) -> dict | None:
 
 
 def train_median_risk(fold_dir: Path) -> float | None:
-    """``train_median_risk`` of the fold's final checkpoint (else best), or None."""
-    for name in ("checkpoint_final.pt", "checkpoint_best.pt"):
-        path = fold_dir / name
-        if not path.is_file():
-            continue
-        try:
-            import torch
-
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            value = ckpt.get("train_median_risk")
-            if value is not None and math.isfinite(float(value)):
-                return float(value)
-        except Exception as err:  # noqa: BLE001 - the fallback is stated in the report
-            log.warning("%s: cannot read train_median_risk (%s); using the median of val risks", path, err)
+    """``train_median_risk`` from the fold's ``result.json`` (train writes the final model's value), or None."""
+    path = fold_dir / "result.json"
+    try:
+        result = read_json(path)
+        value = result.get("train_median_risk") if isinstance(result, dict) else None
+        if value is not None and math.isfinite(float(value)):
+            return float(value)
+    except Exception as err:  # noqa: BLE001 - the fallback is stated in the report
+        log.warning("%s: cannot read train_median_risk (%s); using the median of val risks", path, err)
     return None
 
 
@@ -394,6 +379,8 @@ def section_cv(out: Path) -> Section:
 
 def held_out_groups(model_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """Pooled held-out predictions of every fold, each split high/low at a stated threshold."""
+    from . import km
+
     frames, notes = [], []
     for fold, fold_dir in fold_dirs(model_dir):
         path = fold_dir / "predictions_val.csv"
@@ -406,10 +393,10 @@ def held_out_groups(model_dir: Path) -> tuple[pd.DataFrame, list[str]]:
         threshold = train_median_risk(fold_dir)
         if threshold is None:
             threshold = float(pred["risk"].median())
-            notes.append(f"fold {fold}: median of its held-out risks ({threshold:.4g}; no train_median_risk in the checkpoint)")
+            notes.append(f"fold {fold}: median of its held-out risks ({threshold:.4g}; no train_median_risk in result.json)")
         else:
-            notes.append(f"fold {fold}: training median risk from the checkpoint ({threshold:.4g})")
-        pred["risk_group"] = np.where(pred["risk"].to_numpy(float) > threshold, "high", "low")
+            notes.append(f"fold {fold}: training median risk from result.json ({threshold:.4g})")
+        pred["risk_group"] = km.split_at(pred["risk"].to_numpy(float), threshold)
         pred["fold"] = fold
         frames.append(pred)
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes

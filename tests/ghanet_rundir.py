@@ -160,7 +160,8 @@ def add_training_outputs(run: RunDir, rng_seed: int = 3) -> None:
         bests.append(best)
         (fold_dir / "result.json").write_text(json.dumps({
             "cindex_final": final, "cindex_best": best, "best_epoch": 3, "n_train": 60, "n_val": n,
-            "excluded": [{"case_id": "X1", "reason": "no usable features"}]}))
+            "excluded": [{"case_id": "X1", "reason": "no usable features"}],
+            "train_median_risk": run.medians[fold]}))
     (run.models_dir / "ghanet" / "summary.json").write_text(json.dumps({
         "cindex_final_mean": float(np.mean(finals)), "cindex_final_std": float(np.std(finals)),
         "cindex_final_per_fold": finals, "cindex_best_mean_optimistic": float(np.mean(bests)),

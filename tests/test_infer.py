@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -204,6 +203,20 @@ def test_feature_dim_mismatch_names_both(run_dir, tmp_path):
     with pytest.raises(infer.InferError, match=r"32-d features.*16-d"):
         infer.run(read_samples(run_dir.samples_csv), tmp_path / "models", run_dir.features_dir, tmp_path,
                   settings(top_k=0))
+
+
+def test_a_slide_without_a_feature_store_gives_the_tissue_stage_reason(tmp_path):
+    from ghanet_pipeline.store import write_json
+
+    row = pd.Series({"slide_id": "S-gone", "case_id": "P9", "path": "/nowhere/S-gone.svs"})
+    no_record = infer.inspect_slide(row, tmp_path / "features", tmp_path)
+    assert not no_record.ok and "no feature store at" in no_record.reason
+    write_json(tmp_path / "status" / "S-gone.json", {"slide_id": "S-gone", "status": "failed",
+                                                      "reason": rd.FAILED_REASON})
+    failed = infer.inspect_slide(row, tmp_path / "features", tmp_path)
+    assert not failed.ok and failed.reason == f"tissue stage: {rd.FAILED_REASON}"
+    write_json(tmp_path / "status" / "S-gone.json", {"slide_id": "S-gone", "status": "ok", "reason": ""})
+    assert "no feature store at" in infer.inspect_slide(row, tmp_path / "features", tmp_path).reason
 
 
 def test_no_checkpoints_is_an_actionable_error(tmp_path):
