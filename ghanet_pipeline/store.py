@@ -117,9 +117,3 @@ def open_store(path: str | Path) -> zarr.Group:
     if not (p / "zarr.json").is_file():
         raise FileNotFoundError(f"{p}: not a finished Zarr store (no zarr.json); rerun the stage that makes it")
     return zarr.open_group(str(p), mode="r", zarr_format=3)
-
-
-def store_status(path: str | Path) -> tuple[str, str]:
-    """``(status, reason)`` recorded in a store's attributes."""
-    attrs = dict(open_store(path).attrs)
-    return str(attrs.get("status", "ok")), str(attrs.get("reason", ""))

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ghanet_pipeline import sheet
+from ghanet_pipeline import folds, sheet
 from ghanet_pipeline.config import section_json
 from ghanet_pipeline.paths import encoder_dirname
 
@@ -59,10 +59,10 @@ def n_folds():
     """Given split files decide the fold count; otherwise genomics.n_folds (the demo writes that many)."""
     if SPLITS_DIR is None or (DEMO["enabled"] and not config["splits_dir"]):
         return config["genomics"]["n_folds"]
-    found = sorted(Path(SPLITS_DIR).glob("splits_*.csv"))
-    if not found:
-        raise WorkflowError(f"splits_dir {SPLITS_DIR}: no splits_<k>.csv files found")
-    return len(found)
+    try:
+        return len(folds.split_files(SPLITS_DIR))  # the genomics stage's own reading of the folder
+    except folds.FoldError as err:
+        raise WorkflowError(str(err)) from err
 
 
 FOLDS = list(range(n_folds())) if HAS_GENOMICS else []
