@@ -79,11 +79,8 @@ class Encoder:
     def to(self, device: torch.device | str, precision: str = "auto") -> "Encoder":
         """Move to ``device`` (channels_last) and pick the autocast dtype for ``precision``."""
         self.device = torch.device(device)
+        precision = resolve_precision(precision, self.device)
         self.model = self.model.to(self.device).to(memory_format=torch.channels_last).eval()
-        if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         mean = torch.tensor(self.spec.mean, dtype=torch.float32, device=self.device) * 255.0
         std = torch.tensor(self.spec.std, dtype=torch.float32, device=self.device) * 255.0
@@ -121,6 +118,15 @@ class Encoder:
         with ctx:
             out = self.model(x)
         return out.float()
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` -> ``bf16`` on CUDA, ``fp32`` elsewhere; ``fp32`` / ``bf16`` as given."""
+    if precision == "auto":
+        precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return precision
 
 
 # ----------------------------------------------------------------------------- registry

@@ -159,19 +159,47 @@ def extract(
         return _extract_locked(tiles_path, slide_path, out, settings, strict, encoder)
 
 
-def _base_attrs(tiles_attrs: dict, tiles_path: Path, encoder, settings: FeatureSettings) -> dict:
+def _encoder_attrs(encoder) -> dict:
+    """What a store records about a built encoder."""
+    return {
+        "encoder": encoder.spec.name,
+        "dim": int(encoder.dim),
+        "weights": encoder.weights,
+        "weights_sha256": encoder.weights_sha256,
+        "precision": encoder.precision,
+        "device": str(encoder.device),
+    }
+
+
+def _requested_encoder_attrs(settings: FeatureSettings, device) -> dict:
+    """What a failed store records about the encoder without building it (no weights loaded).
+
+    ``dim`` comes from the registry spec; a generic timm / ``hf-hub:`` name has no spec dim and
+    learning it means building the model, so it is recorded as 0 (the failed store's
+    ``features`` is then (0, 0)). ``weights`` is the requested setting (``default``,
+    ``random`` or a path) and ``weights_sha256`` is empty: nothing was loaded.
+    """
+    from .encoders import resolve_precision, spec_for
+
+    spec = spec_for(settings.encoder)
+    return {
+        "encoder": spec.name,
+        "dim": int(spec.dim or 0),
+        "weights": settings.weights,
+        "weights_sha256": "",
+        "precision": resolve_precision(settings.precision, device),
+        "device": str(device),
+    }
+
+
+def _base_attrs(tiles_attrs: dict, tiles_path: Path, encoder_attrs: dict, settings: FeatureSettings) -> dict:
     return {
         "ghanet_store": "features",
         "status": "incomplete",
         "reason": "",
         "slide_id": tiles_attrs.get("slide_id", tiles_path.name.removesuffix(".zarr")),
-        "encoder": encoder.spec.name,
-        "dim": int(encoder.dim),
-        "weights": encoder.weights,
-        "weights_sha256": encoder.weights_sha256,
+        **encoder_attrs,
         "dtype": settings.dtype,
-        "precision": encoder.precision,
-        "device": str(encoder.device),
         "patch_size": tiles_attrs.get("patch_size"),
         "patch_size_read": tiles_attrs.get("patch_size_read"),
         "patch_size_level0": tiles_attrs.get("patch_size_level0"),
@@ -186,50 +214,53 @@ def _base_attrs(tiles_attrs: dict, tiles_path: Path, encoder, settings: FeatureS
     }
 
 
+def _input_problem(tiles, tiles_attrs: dict, tiles_path: Path, slide_path: Path, slide_id: str) -> str:
+    """Why this slide cannot be encoded ("" if it can): checked before any encoder is built."""
+    from .slide import SlideError, open_slide
+
+    if tiles_attrs.get("status", "ok") != "ok":
+        return f"tiles stage failed: {tiles_attrs.get('reason', '') or 'no reason recorded'}"
+    if "coords" not in tiles or tiles["coords"].shape[0] == 0:
+        return "the tiles store has no patches (no tissue found)"
+    read_level = int(tiles_attrs["read_level"])
+    try:
+        with open_slide(slide_path) as slide:  # checks the file too (missing, empty, unreadable)
+            level_count = slide.level_count
+    except SlideError as err:
+        return str(err)
+    if read_level >= level_count:
+        return (
+            f"{slide_path}: read level {read_level} recorded in {tiles_path} does not exist "
+            f"(the slide has {level_count}); rerun the tissue stage for {slide_id}"
+        )
+    return ""
+
+
 def _extract_locked(
     tiles_path: Path, slide_path: Path, out: Path, settings: FeatureSettings, strict: bool, encoder=None
 ) -> str:
-    from .encoders import build_encoder
-
     t0 = time.perf_counter()
     tiles = open_store(tiles_path)
     tiles_attrs = dict(tiles.attrs)
+    # The device setting is checked for every slide (cheap; a bad one is a configuration error).
+    device = encoder.device if encoder is not None else resolve_device(settings.device, "features.device")
+    slide_id = tiles_attrs.get("slide_id", tiles_path.name.removesuffix(".zarr"))
+    reason = _input_problem(tiles, tiles_attrs, tiles_path, slide_path, slide_id)
+    if reason:  # no encoder is built (no timm import, no weights loaded) for a slide that fails anyway
+        enc_attrs = _encoder_attrs(encoder) if encoder is not None else _requested_encoder_attrs(settings, device)
+        return _finish_failed(out, _base_attrs(tiles_attrs, tiles_path, enc_attrs, settings), reason, strict)
+
     configure_threads()
     if encoder is None:
-        device = resolve_device(settings.device, "features.device")
+        from .encoders import build_encoder
+
         encoder = build_encoder(settings.encoder, settings.weights, settings.allow_download)
         encoder = encoder.to(device, settings.precision)
-    device = encoder.device
-    attrs = _base_attrs(tiles_attrs, tiles_path, encoder, settings)
-    slide_id = attrs["slide_id"]
-
-    reason = ""
-    if tiles_attrs.get("status", "ok") != "ok":
-        reason = f"tiles stage failed: {tiles_attrs.get('reason', '') or 'no reason recorded'}"
-    elif "coords" not in tiles or tiles["coords"].shape[0] == 0:
-        reason = "the tiles store has no patches (no tissue found)"
-    elif not slide_path.is_file():
-        reason = f"slide file not found: {slide_path}"
-    if reason:
-        return _finish_failed(out, attrs, reason, strict)
+    attrs = _base_attrs(tiles_attrs, tiles_path, _encoder_attrs(encoder), settings)
 
     from .patch_reader import grid_from_store, iterate_batches
 
     grid = grid_from_store(tiles, slide_path)
-    try:
-        import openslide
-
-        with openslide.OpenSlide(str(slide_path)) as slide:
-            if grid.read_level >= slide.level_count:
-                raise FeatureError(
-                    f"{slide_path}: read level {grid.read_level} recorded in {tiles_path} does not exist "
-                    f"(the slide has {slide.level_count}); rerun the tissue stage for {slide_id}"
-                )
-    except (openslide.OpenSlideError, OSError) as err:
-        return _finish_failed(out, attrs, f"OpenSlide cannot open {slide_path}: {err}", strict)
-    except FeatureError as err:
-        return _finish_failed(out, attrs, str(err), strict)
-
     n, dim = len(grid), encoder.dim
     dtype = np.dtype(settings.dtype)
     n_batches = (n + settings.batch_size - 1) // settings.batch_size
@@ -247,7 +278,9 @@ def _extract_locked(
             )
             from tqdm import tqdm
 
-            with tqdm(total=n, unit="patch", desc=slide_id, disable=None, file=sys.stderr) as bar:
+            with contextlib.closing(batches), tqdm(
+                total=n, unit="patch", desc=slide_id, disable=None, file=sys.stderr
+            ) as bar:
                 for b, batch in enumerate(batches):
                     if batch.errors:
                         if not settings.skip_bad_patches:
@@ -273,11 +306,12 @@ def _extract_locked(
                     }
                 )
             )
+            status = "ok"
             if writer.n_written == 0:
-                group.attrs.update({"status": "failed", "reason": "every patch failed to decode"})
+                status = "failed"
+                group.attrs.update({"status": status, "reason": "every patch failed to decode"})
     except FeatureError as err:
         return _finish_failed(out, attrs, str(err), strict)
-    status = dict(open_store(out).attrs)["status"]
     log.info("%s: %s, %d x %d features in %.1f s -> %s", slide_id, status, writer.n_written, dim,
              time.perf_counter() - t0, out)
     return status

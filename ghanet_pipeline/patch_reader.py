@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .slide import rgba_to_rgb
+
 log = logging.getLogger(__name__)
 
 # Widest region one read_region call covers (read-level px): bounds memory per call.
@@ -88,15 +90,6 @@ def plan_runs(xy_read: np.ndarray, patch_size_read: int, max_width: int = MAX_RU
         runs.append((i, j))
         i = j
     return runs
-
-
-def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """RGB on white: OpenSlide marks pixels outside the scanned area fully transparent."""
-    rgb = np.ascontiguousarray(rgba[..., :3])
-    alpha = rgba[..., 3]
-    if alpha.min() == 0:
-        rgb[alpha == 0] = 255
-    return rgb
 
 
 def read_rgb(slide, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
@@ -171,13 +164,17 @@ class PatchDataset(Dataset):
             self._downsample = float(self._slide.level_downsamples[self.grid.read_level])
         return self._slide
 
-    def _reopen(self) -> None:
+    def close(self) -> None:
+        """Close this process's OpenSlide handle (a later read opens a new one)."""
         if self._slide is not None and self._pid == os.getpid():
             try:
                 self._slide.close()
             except Exception:  # noqa: BLE001 - a handle in error state may refuse to close
                 pass
         self._slide = None
+
+    def _reopen(self) -> None:
+        self.close()
 
     def __getitem__(self, index: int) -> ReadBatch:
         start = index * self.batch_size
@@ -242,10 +239,18 @@ def iterate_batches(
     prefetch: int = 4,
     max_run_width: int = MAX_RUN_WIDTH,
 ) -> Iterator[ReadBatch]:
-    """Yield the batches of ``grid`` in order; ``num_workers=0`` reads in this process."""
-    dataset = PatchDataset(grid, batch_size, max_run_width)
+    """Yield the batches of ``grid`` in order; ``num_workers=0`` reads in this process.
+
+    The slide handle this process opened is closed when the iteration ends, fails or the
+    generator is closed (use ``contextlib.closing`` around a loop that may stop early).
+    """
+    dataset = PatchDataset(grid, batch_size, max_run_width)  # bad arguments raise here, not at the first batch
+    return _iterate(dataset, num_workers, pin_memory, prefetch)
+
+
+def _iterate(dataset: PatchDataset, num_workers: int, pin_memory: bool, prefetch: int) -> Iterator[ReadBatch]:
     if len(dataset) == 0:
-        return iter(())
+        return
     workers = max(0, min(int(num_workers), len(dataset)))
     loader = DataLoader(
         dataset,
@@ -258,7 +263,10 @@ def iterate_batches(
         worker_init_fn=_worker_init if workers else None,
         persistent_workers=False,
     )
-    return iter(loader)
+    try:
+        yield from loader
+    finally:
+        dataset.close()
 
 
 def read_patch_naive(slide, grid: PatchGrid, index: int) -> np.ndarray:

@@ -234,11 +234,16 @@ def choose_level(
     )
 
 
-def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     """RGB on white: OpenSlide marks pixels outside the scanned area fully transparent."""
     rgb = np.ascontiguousarray(rgba[..., :3])
-    rgb[rgba[..., 3] == 0] = 255
+    alpha = rgba[..., 3]
+    if alpha.size and alpha.min() == 0:  # most regions are opaque: skip the mask
+        rgb[alpha == 0] = 255
     return rgb
+
+
+_rgba_to_rgb = rgba_to_rgb  # the former private name
 
 
 def read_region_rgb(slide, path: str | Path, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
@@ -253,7 +258,7 @@ def read_region_rgb(slide, path: str | Path, location: tuple[int, int], level: i
             f"The slide file is damaged in that region (a corrupt tile or a truncated copy): copy or export it again, "
             f"{REMOVE_HINT}"
         ) from err
-    return _rgba_to_rgb(np.asarray(image))
+    return rgba_to_rgb(np.asarray(image))
 
 
 def read_level_resized(slide, path: str | Path, level: int, out_size: tuple[int, int]) -> np.ndarray:

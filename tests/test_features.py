@@ -180,6 +180,71 @@ def test_failed_tiles_store_gives_failed_features_store(tmp_path):
     assert group["features"].shape == (0, 1280) and group["coords"].shape == (0, 2)
 
 
+def test_failed_inputs_record_a_failed_store_without_building_the_encoder(tmp_path):
+    """Weights that do not exist are never touched for a slide that fails anyway: the store is
+    written from the registry spec (dim), or with D = 0 for a timm name without a spec."""
+    missing_weights = str(tmp_path / "no-such-checkpoint.pt")
+    tiles = write_tiles_store(tmp_path / "t" / "bad.zarr", CMU, np.zeros((0, 2)), status="failed", reason="blurry")
+    out = tmp_path / "f" / "bad.zarr"
+    assert extract(tiles, CMU, out, settings(weights=missing_weights)) == "failed"
+    attrs = store.open_store(out).attrs
+    assert (attrs["encoder"], attrs["dim"], attrs["weights"], attrs["weights_sha256"]) == (
+        "efficientnet_lite0", 1280, missing_weights, ""
+    )
+    assert attrs["reason"] == "tiles stage failed: blurry"
+    assert store.open_store(out)["features"].shape == (0, 1280)
+
+    out_timm = tmp_path / "f" / "timm.zarr"
+    assert extract(tiles, CMU, out_timm, settings(encoder="vit_tiny_patch16_224", weights=missing_weights)) == "failed"
+    group = store.open_store(out_timm)
+    assert group.attrs["dim"] == 0 and group["features"].shape == (0, 0) and group["coords"].shape == (0, 2)
+
+    gone = tmp_path / "gone.svs"
+    tiles_ok = write_tiles_store(tmp_path / "t" / "gone.zarr", gone, grid_coords(512, 512, 256))
+    out_gone = tmp_path / "f" / "gone.zarr"
+    assert extract(tiles_ok, gone, out_gone, settings(weights=missing_weights)) == "failed"
+    reason = store.open_store(out_gone).attrs["reason"]
+    assert "slide file not found" in reason and str(gone) in reason, reason
+
+
+def _open_slide_handles() -> int:
+    """OpenSlide handles alive and not closed in this process (openslide-python's handle objects)."""
+    import gc
+
+    from openslide import lowlevel
+
+    return sum(1 for o in gc.get_objects() if type(o) is lowlevel._OpenSlide and o._valid)
+
+
+def test_reader_closes_its_slide_handle():
+    """The in-process reader closes its OpenSlide handle when the batches are done, or when
+    the caller stops early, not whenever the iterator happens to be garbage-collected."""
+    from ghanet_pipeline.patch_reader import PatchDataset
+
+    needs_cmu()
+    grid = PatchGrid(str(CMU), grid_coords(2220, 2967, 256, 8, y0=1024), read_level=0, patch_size_read=256,
+                     patch_size=64)
+    before = _open_slide_handles()
+    batches = iterate_batches(grid, batch_size=4, num_workers=0)
+    next(batches)
+    assert _open_slide_handles() == before + 1  # open while reading
+    batches.close()  # stopped early
+    assert _open_slide_handles() == before
+
+    batches = iterate_batches(grid, batch_size=4, num_workers=0)
+    assert sum(len(b.ok) for b in batches) == 8
+    assert _open_slide_handles() == before  # exhausted, still referenced: closed
+
+    dataset = PatchDataset(grid, batch_size=4)
+    first = dataset[0].patches.numpy()
+    dataset.close()
+    assert _open_slide_handles() == before
+    np.testing.assert_array_equal(dataset[0].patches.numpy(), first)  # reading again reopens
+    dataset.close()
+    with pytest.raises(ValueError, match="batch_size"):
+        iterate_batches(grid, batch_size=0, num_workers=0)  # bad arguments fail at the call
+
+
 @pytest.fixture(scope="module")
 def corrupt_slide(tmp_path_factory) -> tuple[Path, tuple[int, int]]:
     """A small synthetic SVS (4 x 2 patches of 256 px) with one damaged JPEG tile."""
