@@ -110,13 +110,6 @@ def otsu_from_histogram(hist: np.ndarray) -> int:
     return int(np.argmax(w0 * w1 * (mean0 - mean1) ** 2))
 
 
-def otsu(values: np.ndarray) -> int:
-    """Otsu's threshold of uint8 values (0 when there are none)."""
-    if values.size == 0:
-        return 0
-    return otsu_from_histogram(np.bincount(values.ravel(), minlength=256))
-
-
 def _histogram_median(hist: np.ndarray, lo: int, hi: int) -> float | None:
     """Median of the values in bins lo..hi (inclusive) of a histogram; None when empty."""
     part = hist[lo : hi + 1]
