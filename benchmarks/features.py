@@ -109,6 +109,20 @@ def bench_reader(slide: Path, tiles: Path, workers: list[int], batch: int) -> di
     return results
 
 
+def reader_path(slide: Path) -> str:
+    """Which path the block reader takes for level 0 of ``slide``: decoded JPEG tiles or OpenSlide."""
+    import openslide
+
+    from ghanet_pipeline.patch_reader import select_tile_reader
+
+    with openslide.OpenSlide(str(slide)) as handle:
+        tiles = select_tile_reader(str(slide), handle, 0)
+    if tiles is None:
+        return "OpenSlide read_region"
+    tiles.close()
+    return "JPEG tiles (tiff_tiles)"
+
+
 # ----------------------------------------------------------------------------- (b)
 
 
@@ -203,7 +217,7 @@ def main() -> int:
     if "a" not in skip:
         tiles, n = write_tiles(work / "a_tiles.zarr", slide, 8192, 8192, 256, 256, limit=256 if args.quick else None)
         r = bench_reader(slide, tiles, [0, 1, 2], batch=64)
-        print(f"\n(a) reader, {n} patches of 256 px at level 0:")
+        print(f"\n(a) reader, {n} patches of 256 px at level 0 (block reader path: {reader_path(slide)}):")
         print(f"    one read_region per patch      {r['naive']:8.1f} patches/s   "
               f"({r['naive_cpu_ms']:.2f} CPU ms/patch)")
         for w in (0, 1, 2):

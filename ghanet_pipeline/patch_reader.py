@@ -150,6 +150,7 @@ class PatchDataset(Dataset):
         self._slide = None
         self._pid: int | None = None
         self._downsample: float | None = None
+        self._tiles = None  # tiff_tiles.TileReader when the read level allows the fast path
 
     def __len__(self) -> int:
         return (len(self.grid) + self.batch_size - 1) // self.batch_size
@@ -162,10 +163,14 @@ class PatchDataset(Dataset):
             self._slide = openslide.OpenSlide(self.grid.slide_path)
             self._pid = os.getpid()
             self._downsample = float(self._slide.level_downsamples[self.grid.read_level])
+            self._tiles = select_tile_reader(self.grid.slide_path, self._slide, self.grid.read_level)
         return self._slide
 
     def close(self) -> None:
         """Close this process's OpenSlide handle (a later read opens a new one)."""
+        if self._tiles is not None and self._pid == os.getpid():
+            self._tiles.close()
+        self._tiles = None
         if self._slide is not None and self._pid == os.getpid():
             try:
                 self._slide.close()
@@ -218,7 +223,23 @@ class PatchDataset(Dataset):
         return ReadBatch(start=start, patches=torch.from_numpy(out), ok=ok, errors=errors)
 
     def _read(self, location: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-        return read_rgb(self._handle(), location, self.grid.read_level, size)
+        slide = self._handle()
+        ds = self._downsample or 1.0
+        if self._tiles is not None and location[0] % ds == 0 and location[1] % ds == 0:
+            return self._tiles.read(int(location[0] // ds), int(location[1] // ds), int(size[0]), int(size[1]))
+        return read_rgb(slide, location, self.grid.read_level, size)
+
+
+def select_tile_reader(slide_path: str, slide, level: int):
+    """The JPEG-tile fast path for ``level`` (same pixels as OpenSlide, checked), or None for OpenSlide.
+
+    Off when the environment sets ``GHANET_TILE_READER=0``.
+    """
+    if os.environ.get("GHANET_TILE_READER", "1") == "0":
+        return None
+    from .tiff_tiles import open_tile_reader
+
+    return open_tile_reader(slide_path, slide, level)
 
 
 def _worker_init(_: int) -> None:
