@@ -3,13 +3,14 @@
 Feature stores, tiles stores and status records follow docs/contracts.md; the fold checkpoints
 hold a freshly initialised small G-HANet built by the model package's own factory, saved in the
 checkpoint format of the train stage. The slide pixels come from the real CMU-1-Small-Region.svs
-when the shared data folder is present (otherwise the slide path does not exist and the heatmap
-code must cope: blank thumbnail, no gallery).
+shipped in tests/data/slides/, copied once per slide id into the run folder (a sample sheet may
+not name one file under two slide ids).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,10 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ghanet_pipeline.metrics import risk_from_survival
 from ghanet_pipeline.store import atomic_path, create_group, write_array, write_json
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_SLIDE = SHARED / "slides" / "CMU-1-Small-Region.svs"
+REAL_SLIDE = Path(__file__).resolve().parent / "data" / "slides" / "CMU-1-Small-Region.svs"
 REAL_SIZE = (2220, 2967)
 ENCODER = "tiny_test_encoder"
 DIM = 16
@@ -50,7 +51,7 @@ def grid(step: int, size: tuple[int, int], limit: int) -> np.ndarray:
 
 
 def write_slide_stores(root: Path, slide_id: str, n: int, rng: np.random.Generator, ok: bool = True,
-                       encoder: str = ENCODER, dim: int = DIM) -> None:
+                       encoder: str = ENCODER, dim: int = DIM, slide_path: Path = REAL_SLIDE) -> None:
     coords = grid(PATCH, REAL_SIZE, n) if ok else np.zeros((0, 2), np.int64)
     tiles = root / "tiles" / f"{slide_id}.zarr"
     with atomic_path(tiles) as tmp:
@@ -69,7 +70,7 @@ def write_slide_stores(root: Path, slide_id: str, n: int, rng: np.random.Generat
         write_array(group, "coords", coords)
     write_json(root / "status" / f"{slide_id}.json", {
         "slide_id": slide_id, "status": "ok" if ok else "failed", "reason": "" if ok else FAILED_REASON,
-        "path": str(REAL_SLIDE), "n_patches": len(coords), "mpp": 0.499, "mpp_source": "slide_properties",
+        "path": str(slide_path), "n_patches": len(coords), "mpp": 0.499, "mpp_source": "slide_properties",
         "effective_mpp": 0.499, "seconds": 1.5})
 
 
@@ -99,20 +100,25 @@ SLIDES = {
 }
 
 
-def build(root: Path, folds: int = 2, encoder: str = ENCODER) -> RunDir:
-    rng = np.random.default_rng(7)
+def build(root: Path, folds: int = 2, encoder: str = ENCODER, seed: int = 7, model_seed: int = 0) -> RunDir:
+    rng = np.random.default_rng(seed)
     rows = []
     for slide_id, (case_id, n, ok) in SLIDES.items():
-        write_slide_stores(root, slide_id, n, rng, ok)
-        rows.append({"slide_id": slide_id, "case_id": case_id, "path": str(REAL_SLIDE)})
+        # a copy of the real slide per slide id: a sample sheet may not list one file under two ids
+        slide_path = root / "slides" / f"{slide_id}.svs"
+        slide_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REAL_SLIDE, slide_path)
+        write_slide_stores(root, slide_id, n, rng, ok, slide_path=slide_path)
+        rows.append({"slide_id": slide_id, "case_id": case_id, "path": str(slide_path)})
     slides = pd.DataFrame(rows)
     samples_csv = root / "samples.csv"
     slides.to_csv(samples_csv, index=False)
     run = RunDir(root, samples_csv, root / "features" / encoder, root / "models", slides)
     for fold in range(folds):
-        model, ckpt = tiny_checkpoint(fold, encoder=encoder)
+        model, ckpt = tiny_checkpoint(fold, encoder=encoder, seed=model_seed)
         risks = fold_risks(model, run)
-        ckpt["train_median_risk"] = float(np.median(list(risks.values())))
+        # As training stores it: the median of risks computed by metrics.risk_from_survival.
+        ckpt["train_median_risk"] = float(np.median(np.array(list(risks.values()), dtype=np.float32)))
         run.fold_risks[fold], run.medians[fold] = risks, ckpt["train_median_risk"]
         fold_dir = run.models_dir / "ghanet" / f"fold{fold}"
         fold_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +143,8 @@ def fold_risks(model: torch.nn.Module, run: RunDir) -> dict[str, float]:
         bag = patient_bag(run, case_id)
         if len(bag):
             with torch.no_grad():
-                risks[case_id] = float(model(torch.from_numpy(bag))["risk"])
+                survival = model(torch.from_numpy(bag), return_attention=True)["S"].numpy()
+            risks[case_id] = float(risk_from_survival(survival))  # the one risk formula, as infer uses it
     return risks
 
 

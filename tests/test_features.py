@@ -19,15 +19,9 @@ from ghanet_pipeline.features import StoreLockedError, exclusive_lock, extract
 from ghanet_pipeline.patch_reader import PatchGrid, iterate_batches, plan_runs, read_patch_naive
 
 REPO = Path(__file__).resolve().parents[1]
-SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
-CMU = SLIDES / "CMU-1-Small-Region.svs"
+CMU = REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region.svs"  # shipped real slide
 N_PATCHES = 16  # 2 grid rows of CMU-1-Small-Region at 256 px
 BATCH = 4
-
-
-def needs_cmu():
-    if not CMU.is_file():
-        pytest.skip(f"real test slide not found: {CMU} (the project's shared/data folder)")
 
 
 def write_tiles_store(
@@ -77,7 +71,6 @@ def settings(**overrides):
 
 @pytest.fixture(scope="module")
 def cmu_tiles(tmp_path_factory) -> Path:
-    needs_cmu()
     # Rows 4-5 of the grid: tissue in the middle of the slide. 256 px read at level 0
     # (0.5 um/px), resized to 128 px (1 um/px): the resize path, and a quarter of the compute.
     coords = grid_coords(2220, 2967, 256, N_PATCHES, y0=4 * 256)
@@ -221,7 +214,6 @@ def test_reader_closes_its_slide_handle():
     the caller stops early, not whenever the iterator happens to be garbage-collected."""
     from ghanet_pipeline.patch_reader import PatchDataset
 
-    needs_cmu()
     grid = PatchGrid(str(CMU), grid_coords(2220, 2967, 256, 8, y0=1024), read_level=0, patch_size_read=256,
                      patch_size=64)
     before = _open_slide_handles()
@@ -287,7 +279,6 @@ def test_block_reader_equals_one_read_per_patch_with_resize(tmp_path):
     """Runs of patches read at once, cut and resized, give the pixels of per-patch reads."""
     import openslide
 
-    needs_cmu()
     coords = grid_coords(2220, 2967, 300, 14, y0=600)
     coords = np.delete(coords, 3, axis=0)  # a gap: the row splits into two runs
     grid = PatchGrid(str(CMU), coords, read_level=0, patch_size_read=300, patch_size=224)
@@ -300,16 +291,13 @@ def test_block_reader_equals_one_read_per_patch_with_resize(tmp_path):
             np.testing.assert_array_equal(got[i], read_patch_naive(slide, grid, i))
 
 
-def test_fast_region_read_equals_openslide_read_region():
+def test_fast_region_read_equals_openslide_read_region(test_slides):
     """The buffer-level read gives read_region's pixels, at slide edges (transparent) too."""
     import openslide
 
     from ghanet_pipeline.patch_reader import read_rgb, rgba_to_rgb
 
-    tcga = SLIDES / "TCGA-CR-7395-01A-01-TS1.svs"
-    if not tcga.is_file():
-        pytest.skip(f"real test slide not found: {tcga}")
-    with openslide.OpenSlide(str(tcga)) as slide:
+    with openslide.OpenSlide(str(test_slides.no_mpp)) as slide:  # JPEG 2000 tiles, two levels
         w, h = slide.dimensions
         for level in range(slide.level_count):
             for loc, size in [((0, 0), (300, 200)), ((w - 333, h - 333), (512, 512)), ((-50, -20), (128, 128))]:

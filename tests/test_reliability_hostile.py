@@ -69,11 +69,11 @@ def test_latin1_sheet_is_a_clear_error(tmp_path):
         read_samples(path)
 
 
-def test_unicode_and_spaces_in_slide_path_run_through_tissue(tmp_path, shared_data):
+def test_unicode_and_spaces_in_slide_path_run_through_tissue(tmp_path, test_slides):
     folder = tmp_path / "Schnitte für Prüfung" / "二 月 slides"
     folder.mkdir(parents=True)
     slide = folder / "CMU 1 (kleine Region) ü.svs"
-    shutil.copy(shared_data / "slides" / "CMU-1-Small-Region.svs", slide)
+    shutil.copy(test_slides.cmu, slide)
     sheet = tmp_path / "samples.csv"
     sheet.write_text(HEADER + f"cmu-1,C1,{slide.relative_to(tmp_path)},\n", encoding="utf-8")
     row = read_samples(sheet).iloc[0]

@@ -48,24 +48,24 @@ def test_no_mpp_anywhere_names_the_fix():
     assert "/data/x.svs" in text and "'mpp' column" in text and "default_slide_mpp" in text
 
 
-def test_real_slides_mpp(shared_data):
-    with sl.open_slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as slide:
+def test_real_slides_mpp(test_slides):
+    with sl.open_slide(test_slides.cmu) as slide:
         assert sl.resolve_mpp(slide.properties, "cmu") == sl.Mpp(pytest.approx(0.499), "slide_properties")
-    with sl.open_slide(shared_data / "slides" / "TCGA-CR-7395-01A-01-TS1.svs") as slide:
+    with sl.open_slide(test_slides.no_mpp) as slide:  # JPEG 2000 Aperio, no resolution recorded
         with pytest.raises(sl.SlideError, match="no microns-per-pixel"):
             sl.resolve_mpp(slide.properties, "tcga")
 
 
-@pytest.mark.parametrize("name", ["unopenable.tiff", "broken.svs", "missing.svs"])
-def test_unopenable_slides_raise_slide_error_with_path(shared_data, name):
-    path = shared_data / "slides" / "bad" / name
+@pytest.mark.parametrize("kind", ["unopenable", "broken", "missing"])
+def test_unopenable_slides_raise_slide_error_with_path(test_slides, kind):
+    path = getattr(test_slides, kind)
     with pytest.raises(sl.SlideError) as err:
         sl.open_slide(path)
     assert str(path) in str(err.value)
 
 
-def test_pixel_read_failure_names_the_path(shared_data):
-    path = shared_data / "slides" / "bad" / "unreadable.svs"
+def test_pixel_read_failure_names_the_path(test_slides):
+    path = test_slides.unreadable
     with sl.open_slide(path) as slide, pytest.raises(sl.SlideError) as err:
         sl.read_region_rgb(slide, path, (0, 0), 0, (16, 16))
     assert "reading pixels" in str(err.value) and str(path) in str(err.value)

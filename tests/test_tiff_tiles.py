@@ -12,16 +12,8 @@ from ghanet_pipeline.patch_reader import PatchDataset, PatchGrid, iterate_batche
 from ghanet_pipeline.synthetic import write_aperio_svs_from_array
 from ghanet_pipeline.tiff_tiles import TileReader, open_tile_reader
 
-SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
-CMU = SLIDES / "CMU-1-Small-Region.svs"  # Aperio, JPEG tiles of 240 px, 2220 x 2967
-BOXES = SLIDES / "boxes.tiff"  # generic TIFF, deflate tiles: not JPEG
-TCGA = SLIDES / "TCGA-CR-7395-01A-01-TS1.svs"  # Aperio JPEG 2000 tiles
-
-
-def needs(path: Path) -> None:
-    if not path.is_file():
-        pytest.skip(f"real test slide not found: {path} (the project's shared/data folder)")
-
+# shipped real slide (tests/data/slides/README.md): Aperio, JPEG tiles of 240 px, 2220 x 2967
+CMU = Path(__file__).resolve().parent / "data" / "slides" / "CMU-1-Small-Region.svs"
 
 def openslide_region(slide, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
     """The public ``read_region`` at level px (x, y), as RGB (outside the slide: white)."""
@@ -44,7 +36,6 @@ def assert_same_pixels(path: Path, level: int, regions: list[tuple[int, int, int
 
 
 def test_cmu_regions_equal_openslide():
-    needs(CMU)
     width, height = 2220, 2967
     regions = [
         (0, 0, 256, 256),  # first tile and part of its neighbours
@@ -60,7 +51,6 @@ def test_cmu_regions_equal_openslide():
 
 
 def test_cmu_block_reader_same_as_openslide_path(monkeypatch):
-    needs(CMU)
     xs, ys = np.meshgrid(np.arange(0, 2220, 200), np.arange(0, 2967, 700))
     coords = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.int64)
     grid = PatchGrid(str(CMU), coords, read_level=0, patch_size_read=256, patch_size=224)
@@ -108,9 +98,9 @@ def test_demo_slide_level1_block_reader_same_as_openslide_path(demo_slide, monke
     assert np.array_equal(got, want)
 
 
-@pytest.mark.parametrize("path", [BOXES, TCGA], ids=["deflate-tiff", "jpeg2000-svs"])
-def test_other_compression_falls_back_to_openslide(path):
-    needs(path)
+@pytest.mark.parametrize("kind", ["boxes", "no_mpp"], ids=["deflate-tiff", "jpeg2000-svs"])
+def test_other_compression_falls_back_to_openslide(kind, test_slides):
+    path = getattr(test_slides, kind)  # generic TIFF with deflate tiles; Aperio with JPEG 2000 tiles
     with openslide.OpenSlide(str(path)) as slide:
         for level in range(slide.level_count):
             assert open_tile_reader(str(path), slide, level) is None

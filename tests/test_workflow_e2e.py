@@ -55,13 +55,13 @@ def test_second_run_has_nothing_to_do(demo_run):
     assert "Nothing to be done" in out or "nothing to be done" in out.lower()
 
 
-def test_slide_only_cohort_with_earlier_models(demo_run, tmp_path, shared_data):
+def test_slide_only_cohort_with_earlier_models(demo_run, tmp_path, test_slides):
     """A new cohort with slides and no genomics at all: tissue -> features -> infer -> report."""
     workdir, _ = demo_run
     demo_slides = sorted((workdir / "demo_data" / "slides").glob("*-01.svs"))[:2]  # two patients
     rows = [f"{p.stem},{p.stem[:9]},{p}" for p in demo_slides]
-    rows.append(f"CMU-1,CMU-CASE,{shared_data / 'slides' / 'CMU-1-Small-Region.svs'}")
-    rows.append(f"BROKEN-1,BROKEN-CASE,{shared_data / 'slides' / 'bad' / 'unopenable.tiff'}")
+    rows.append(f"CMU-1,CMU-CASE,{test_slides.cmu}")
+    rows.append(f"BROKEN-1,BROKEN-CASE,{test_slides.unopenable}")
     (tmp_path / "samples.csv").write_text("slide_id,case_id,path\n" + "\n".join(rows) + "\n")
     tiny_demo_config(
         tmp_path,

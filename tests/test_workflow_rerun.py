@@ -27,8 +27,8 @@ import yaml
 
 from workflow_util import REPO
 
-SHARED = REPO.parent / "shared" / "data"
-SLIDES = {  # slide id -> (file, mpp given in the sheet or None); the same small real slide twice
+SLIDES_DIR = REPO / "tests" / "data" / "slides"  # shipped with the project (README there)
+SLIDES = {  # slide id -> (file, mpp given in the sheet or None); two copies of the same small real slide
     "S1": ("CMU-1-Small-Region.svs", None),
     "S2": ("CMU-1-Small-Region.svs", 0.499),
 }
@@ -87,12 +87,13 @@ def _jobs(result: subprocess.CompletedProcess) -> set[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
-    if not (SHARED / "slides").is_dir():
-        pytest.skip(f"real slides not found at {SHARED / 'slides'} (the project's shared/data folder)")
     work = tmp_path_factory.mktemp("rerun")
     rows = ["slide_id,case_id,path,mpp"]
     for slide_id, (name, mpp) in SLIDES.items():
-        rows.append(f"{slide_id},P-{slide_id},{SHARED / 'slides' / name},{'' if mpp is None else mpp}")
+        path = work / "slides" / f"{slide_id}.svs"  # a copy each: a sheet may not list one file under two ids
+        path.parent.mkdir(exist_ok=True)
+        shutil.copyfile(SLIDES_DIR / name, path)
+        rows.append(f"{slide_id},P-{slide_id},{path},{'' if mpp is None else mpp}")
     (work / "samples.csv").write_text("\n".join(rows) + "\n")
     _snakemake(work, _config(work))
     assert (work / "results" / "report" / "index.html").is_file()
