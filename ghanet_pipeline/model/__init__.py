@@ -1,4 +1,4 @@
-"""G-HANet and its baselines.
+"""G-HANet and its baselines (the model and its two attention modes: ``docs/model.md``).
 
 For inference (slide only)::
 

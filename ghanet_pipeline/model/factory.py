@@ -16,9 +16,7 @@ from torch import nn
 from .baselines import ABMIL, SNN
 from .ghanet import GHANet
 
-MODEL_NAMES = ("ghanet", "ghanet_norecon", "abmil", "snn")
-SLIDE_MODELS = ("ghanet", "ghanet_norecon", "abmil")
-GHANET_MODELS = ("ghanet", "ghanet_norecon")
+from ..model_names import GHANET_MODELS, MODEL_NAMES, SLIDE_MODELS  # noqa: F401  (re-exported)
 
 
 class DimensionMismatchError(ValueError):
