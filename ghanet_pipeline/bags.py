@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .store import open_store
+from .store import DamagedStoreError, has_integrity, open_store, read_array, require_array
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,18 @@ def _inspect(path: Path, slide_id: str) -> tuple[SlideFeatures | None, str]:
         return None, f"slide {slide_id}: no feature store at {path}"
     try:
         group = open_store(path)
+    except DamagedStoreError:  # a finished store that lost files is a broken run output, not a bad slide
+        raise
     except (FileNotFoundError, ValueError, OSError) as err:
         return None, f"slide {slide_id}: unreadable feature store ({err})"
     attrs = dict(group.attrs)
     status = str(attrs.get("status", "ok"))
     if status != "ok":
         return None, f"slide {slide_id}: feature store status '{status}' ({attrs.get('reason', '')})"
-    if "features" not in group:
-        return None, f"slide {slide_id}: feature store {path} has no 'features' array"
-    arr = group["features"]
+    arr = require_array(group, "features", slide_id=slide_id, store_path=path)
+    if not has_integrity(arr):
+        log.warning("slide %s: feature store %s predates integrity records: only missing chunks are detected; "
+                    "rebuild it to add checksums", slide_id, path)
     if arr.ndim != 2 or arr.shape[0] == 0:
         return None, f"slide {slide_id}: feature store {path} holds no patches (shape {arr.shape})"
     return SlideFeatures(slide_id, path, int(arr.shape[0]), int(arr.shape[1]), arr.dtype.itemsize,
@@ -111,7 +114,8 @@ def available_memory_bytes() -> int:
 
 
 def _read_bag(slides: list[SlideFeatures]) -> np.ndarray:
-    parts = [np.asarray(open_store(s.path)["features"][...]) for s in slides]
+    """The patient's bag; a damaged store raises :class:`DamagedStoreError` (never reads as zeros)."""
+    parts = [read_array(open_store(s.path), "features", slide_id=s.slide_id, store_path=s.path) for s in slides]
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 

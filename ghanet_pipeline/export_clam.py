@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import atomic_path, open_store
+from .store import DamagedStoreError, atomic_path, open_store, read_array, require_array
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    exported, skipped = export_dir(Path(args.features_dir), Path(args.out))
+    try:
+        exported, skipped = export_dir(Path(args.features_dir), Path(args.out))
+    except DamagedStoreError as err:  # names the slide, the store and how to rebuild it
+        log.error("%s", err)
+        return 1
     if not exported and not skipped:
         log.error("no feature stores (*.zarr) in %s; run 'ghanet features' first", args.features_dir)
         return 2
@@ -44,7 +48,8 @@ def export_dir(features_dir: Path, out: Path) -> tuple[list[str], list[str]]:
         slide_id = store_path.name.removesuffix(".zarr")
         group = open_store(store_path)
         attrs = dict(group.attrs)
-        if attrs.get("status", "ok") != "ok" or group["features"].shape[0] == 0:
+        # A damaged store (lost chunk, no zarr.json) raises DamagedStoreError naming it: never exported as zeros.
+        if attrs.get("status", "ok") != "ok" or require_array(group, "features", store_path=store_path).shape[0] == 0:
             log.warning("%s: skipped (status %s: %s)", slide_id, attrs.get("status"), attrs.get("reason", ""))
             skipped.append(slide_id)
             continue
@@ -65,24 +70,26 @@ def export_store(group, slide_id: str, out: Path) -> tuple[Path, Path]:
     import torch
 
     attrs = dict(group.attrs)
-    feats, coords = group["features"], group["coords"]
+    # Read once through the checking reader (the .pt needs the whole array in memory anyway).
+    feats = read_array(group, "features", slide_id=slide_id).astype(np.float32)
+    coords = read_array(group, "coords", slide_id=slide_id).astype(np.int64)
     n, dim = feats.shape
     h5_path = out / "h5_files" / f"{slide_id}.h5"
     pt_path = out / "pt_files" / f"{slide_id}.pt"
     with atomic_path(h5_path) as tmp:
         with h5py.File(tmp, "w") as h5:
             d_feats = h5.create_dataset("features", shape=(n, dim), dtype="float32", chunks=(min(n, 1024), dim))
-            d_coords = h5.create_dataset("coords", data=np.asarray(coords[...], dtype=np.int64))
+            d_coords = h5.create_dataset("coords", data=coords)
             for a in range(0, n, ROWS_PER_COPY):
                 b = min(n, a + ROWS_PER_COPY)
-                d_feats[a:b] = np.asarray(feats[a:b], dtype=np.float32)
+                d_feats[a:b] = feats[a:b]
             for key, value in _h5_attrs(attrs).items():
                 h5.attrs[key] = value
             # CLAM's create_patches_fp writes these two on `coords`.
             d_coords.attrs["patch_level"] = int(attrs.get("read_level", 0) or 0)
             d_coords.attrs["patch_size"] = int(attrs.get("patch_size_read", attrs.get("patch_size", 0)) or 0)
             d_coords.attrs["patch_size_level0"] = int(attrs.get("patch_size_level0", 0) or 0)
-    tensor = torch.from_numpy(np.asarray(feats[...], dtype=np.float32))
+    tensor = torch.from_numpy(feats)
     with atomic_path(pt_path) as tmp:
         torch.save(tensor, tmp)
     log.info("%s: %d x %d -> %s, %s", slide_id, n, dim, h5_path, pt_path)

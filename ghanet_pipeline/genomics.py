@@ -63,7 +63,7 @@ from .groups import (
     read_definition,
     usable_columns,
 )
-from .sheet import SampleSheetError, read_samples, read_table_text
+from .sheet import SampleSheetError, raw_header, read_samples, read_table_text, repeated_names
 from .store import atomic_path, write_json, write_text
 from .survival_labels import LabelError, assign_bins, bin_edges, class_labels
 
@@ -164,6 +164,14 @@ def parse_cohort_text(text: str, source: str = "cohort table", sep: str = ",") -
         table = pd.read_csv(io.StringIO(text), sep=sep, dtype={"case_id": str, "slide_id": str}, low_memory=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
         raise GenomicsError(f"{source}: not a readable csv/tsv table: {err}") from err
+    # pandas renames a repeated NAME to NAME.1, so the check below would never see it: a gene
+    # would silently drop out of its group. Look at the header as written.
+    repeated = repeated_names(raw_header(text, sep))
+    if repeated:
+        raise GenomicsError(
+            f"{source}: column(s) appear twice in the header: {', '.join(repeated)}. Each column once: "
+            "delete the repeated column (or rename it if it is a different measurement)"
+        )
     table.columns = [str(c).strip().replace("\r", "") for c in table.columns]
     return check_columns(table, source)
 
@@ -494,6 +502,7 @@ class Inputs:
     splits_dir: Path | None = None
     samples: Path | None = None
     manifest: Path | None = None
+    allow_shared_slide_files: bool = False  # one slide file under several slide ids (see sheet.py)
 
 
 def _make_groups(signatures: Path | None, columns: list[str], problems: Problems) -> list[Group]:
@@ -542,7 +551,7 @@ def run(inputs: Inputs, settings: GenomicsSettings, out_dir: str | Path) -> dict
     matrix = numeric_matrix(patients, used, problems)
     check_missing(matrix, settings.max_missing_fraction)
 
-    sheet = read_samples(inputs.samples) if inputs.samples else None
+    sheet = read_samples(inputs.samples, inputs.allow_shared_slide_files) if inputs.samples else None
     manifest = read_manifest(inputs.manifest) if inputs.manifest else None
     slides = usable_slides(patients, all_cases, sheet, manifest, problems)
 
@@ -692,13 +701,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--splits-dir", type=Path, help="folder of splits_{k}.csv (train, val); default: stratified folds")
     parser.add_argument("--samples", type=Path, help="sample sheet; a patient's usable slides come from it")
     parser.add_argument("--manifest", type=Path, help="manifest.csv of the tissue stage (slides not 'ok' are not usable)")
+    parser.add_argument(
+        "--allow-shared-slide-files", action="store_true",
+        help="accept one slide file under several slide ids (config allow_shared_slide_files)",
+    )  # fmt: skip
     parser.add_argument("--out-dir", required=True, type=Path, help="output folder (replaced as a whole when complete)")
     add_settings_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     settings = stage_settings("genomics", args.config, args.settings)
-    inputs = Inputs(args.cohort_table, args.signatures, args.splits_dir, args.samples, args.manifest)
+    inputs = Inputs(
+        args.cohort_table, args.signatures, args.splits_dir, args.samples, args.manifest, args.allow_shared_slide_files
+    )
     try:
         run(inputs, settings, args.out_dir)
     except (GenomicsError, GroupDefinitionError, FoldError, LabelError, SampleSheetError) as err:

@@ -26,6 +26,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from .sheet import raw_header, repeated_names
+
 log = logging.getLogger(__name__)
 
 SUFFIXES = ("_rnaseq", "_cnv", "_mut")
@@ -99,6 +101,9 @@ def parse_columns_of_genes(text: str, source: str = "signatures", sep: str = ","
         table = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise GroupDefinitionError(f"{source}: not a readable table of gene columns: {err}") from err
+    repeated = repeated_names(raw_header(text, sep))  # pandas would rename the second copy NAME.1
+    if repeated:
+        raise GroupDefinitionError(f"{source}: group name(s) defined twice: {', '.join(repeated)}; name each group once")
     names = [str(c).strip() for c in table.columns]
     genes = [_unique(table[c].tolist()) for c in table.columns]
     return _definition(names, genes, source)

@@ -299,8 +299,14 @@ def read_patch_naive(slide, grid: PatchGrid, index: int) -> np.ndarray:
 
 def grid_from_store(tiles, slide_path: str | Path) -> PatchGrid:
     """A :class:`PatchGrid` from an open tiles store (contract: attrs + ``coords``)."""
+    from .store import has_integrity, read_array, require_array
+
     attrs = dict(tiles.attrs)
-    coords = np.asarray(tiles["coords"][...], dtype=np.int64).reshape(-1, 2)
+    if not has_integrity(require_array(tiles, "coords")):
+        log.warning("tiles store of slide %s predates integrity records: a deleted coords chunk cannot be detected; "
+                    "rebuild it to add checksums", attrs.get("slide_id", "?"))
+    # Through the checking reader: a damaged tiles store raises DamagedStoreError, never a wrong grid.
+    coords = read_array(tiles, "coords").astype(np.int64, copy=False).reshape(-1, 2)
     return PatchGrid(
         slide_path=str(slide_path),
         coords=coords,

@@ -1,13 +1,18 @@
 """The sample sheet: one row per slide (slide_id, case_id, path[, mpp]).
 
 Read defensively: a BOM, Windows line endings and stray spaces are tolerated; unsafe or
-duplicate slide ids, missing columns and bad mpp values are errors that name the row.
-Relative slide paths are resolved against the sheet's own folder.
+duplicate slide ids, missing or repeated columns and bad mpp values are errors that name the row.
+Relative slide paths are resolved against the sheet's own folder. One slide file listed under
+two slide ids (the same path, or a hard or symbolic link to it) is refused unless allowed:
+otherwise one patient's bag holds another's slide, and across folds a slide can train in one
+fold's training set and be scored in its validation set.
 """
 
 from __future__ import annotations
 
 import io
+import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +36,39 @@ def read_table_text(path: str | Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def parse_samples(text: str, base_dir: str | Path = ".", source: str = "sample sheet") -> pd.DataFrame:
-    """Parse sample-sheet csv text into a clean DataFrame (the testable core of read_samples)."""
+def raw_header(text: str, sep: str = ",") -> list[str]:
+    """The header's names as written, stripped. pandas renames a repeated ``NAME`` to ``NAME.1``,
+    so a repeated column can only be seen here. [] when the text is not a readable table."""
+    try:
+        head = pd.read_csv(io.StringIO(text), sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
+        return []
+    return [str(c).strip().replace("\r", "") for c in head.iloc[0]] if len(head) else []
+
+
+def repeated_names(names: list[str]) -> list[str]:
+    """Names that occur more than once (empty names, from trailing separators, do not count)."""
+    return sorted(name for name, count in Counter(n for n in names if n).items() if count > 1)
+
+
+def parse_samples(
+    text: str, base_dir: str | Path = ".", source: str = "sample sheet", allow_shared_files: bool = False
+) -> pd.DataFrame:
+    """Parse sample-sheet csv text into a clean DataFrame (the testable core of read_samples).
+
+    ``allow_shared_files``: accept one slide file under several slide ids (config key
+    ``allow_shared_slide_files``); by default that is an error naming the ids and the file.
+    """
     try:
         table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise SampleSheetError(f"{source}: not a readable csv: {err}") from err
+    repeated = repeated_names(raw_header(text))
+    if repeated:
+        raise SampleSheetError(
+            f"{source}: column(s) {', '.join(map(repr, repeated))} appear more than once in the header; "
+            "keep one column of each name (a repeated column would be silently ignored)"
+        )
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
@@ -64,8 +96,47 @@ def parse_samples(text: str, base_dir: str | Path = ".", source: str = "sample s
         raise SampleSheetError(f"{source}:\n  " + "\n  ".join(problems))
     base = Path(base_dir)
     table["path"] = [p if Path(p).is_absolute() else str(base / p) for p in table.path]
+    if not allow_shared_files:
+        shared = shared_files(table.slide_id, table.path)
+        if shared:
+            raise SampleSheetError(
+                f"{source}: one slide file under several slide ids:\n  " + "\n  ".join(shared) + "\n"
+                "A patient's bag would then hold another patient's slide, and a slide could train in one fold "
+                "and be scored in another. List each slide file once (fix the 'path' of the wrong row), or, "
+                "if the same file really belongs under both ids, set allow_shared_slide_files: true in config.yaml"
+            )
     extra = [c for c in table.columns if c not in (*REQUIRED, "mpp")]
     return table[[*REQUIRED, "mpp", *extra]].reset_index(drop=True)
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` names after following links; None when it cannot be
+    stat'ed (missing, a symlink loop, an odd name): only existing files can be compared."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def shared_files(slide_ids, paths) -> list[str]:
+    """One line per file listed under more than one slide id: the ids and the file.
+
+    Same file = same (device, inode): the same path, spelled differently, or a hard or symbolic
+    link to it. Paths that do not exist are left to the tissue stage (it records them as failed).
+    """
+    by_file: dict[tuple[int, int], list[tuple[str, str]]] = {}
+    for slide_id, path in zip(slide_ids, paths):
+        identity = file_identity(path)
+        if identity is not None:
+            by_file.setdefault(identity, []).append((slide_id, path))
+    lines = []
+    for rows in by_file.values():
+        if len(rows) > 1:
+            spellings = sorted({p for _, p in rows})
+            names = ", ".join(repr(i) for i, _ in rows)
+            lines.append(f"slides {names} are the same file {' = '.join(spellings)}")
+    return lines
 
 
 def _parse_mpp(column, slide_ids, problems: list[str]) -> list[float | None]:
@@ -89,8 +160,11 @@ def _parse_mpp(column, slide_ids, problems: list[str]) -> list[float | None]:
     return values
 
 
-def read_samples(path: str | Path) -> pd.DataFrame:
+def read_samples(path: str | Path, allow_shared_files: bool = False) -> pd.DataFrame:
+    """Read a sample sheet; see :func:`parse_samples` for ``allow_shared_files``."""
     sheet = Path(path)
     if not sheet.is_file():
         raise SampleSheetError(f"sample sheet {sheet} not found; set 'samples' in config.yaml")
-    return parse_samples(read_table_text(sheet), base_dir=sheet.parent, source=str(sheet))
+    return parse_samples(
+        read_table_text(sheet), base_dir=sheet.parent, source=str(sheet), allow_shared_files=allow_shared_files
+    )

@@ -19,6 +19,7 @@ Values a slide records that no microscope makes (outside 0.02-100 um/px, such as
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -66,8 +67,19 @@ REMOVE_HINT = "or remove the slide from the sample sheet"
 
 
 def check_slide_file(path: str | Path) -> Path:
-    """The checks OpenSlide's own message would hide: missing, a folder, empty, not readable."""
+    """The checks OpenSlide's own message would hide: missing, a symlink loop, a folder, empty,
+    not readable."""
     p = Path(path)
+    try:
+        p.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # is_dir()/is_file() would call it merely "not found"
+            raise SlideError(
+                f"{p}: symlink loop (the link leads, through other links, back to itself) or too many levels of "
+                f"links: point the sample sheet's 'path' at the slide file itself, {REMOVE_HINT}"
+            ) from err
+    except ValueError as err:  # a NUL byte in the name
+        raise SlideError(f"{p!r} is not a usable file name ({err}); fix the sample sheet's 'path', {REMOVE_HINT}") from err
     if p.is_dir():
         raise SlideError(
             f"{p} is a directory, not a slide file: point the sample sheet's 'path' at the slide file itself "
@@ -290,8 +302,17 @@ def read_level_resized(slide, path: str | Path, level: int, out_size: tuple[int,
     return out
 
 
+def absolute_path(path: str | Path) -> str:
+    """The absolute, link-free path where it can be resolved; for a symlink loop (which
+    ``Path.resolve`` reports as RuntimeError) or a bad name, the absolute path as given."""
+    try:
+        return str(Path(path).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return os.path.abspath(path)
+
+
 def source_size(path: str | Path) -> int:
     try:
         return os.path.getsize(path)
-    except OSError:
+    except (OSError, ValueError):
         return 0
