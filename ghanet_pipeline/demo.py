@@ -5,12 +5,16 @@ dense, dark "tumour" texture in the patient's slides, the expression of a few ge
 of the six families, and the hazard of the (censored) survival time. Slide-only,
 genomics-only and multimodal models therefore all have real signal to find. Each slide shows
 white glass with noise, several irregular H&E-like tissue pieces (pink stroma with fibres and
-sparse nuclei), holes, a pen mark (partly over glass, partly over tissue) and dark debris.
+sparse nuclei), one running off the slide's edge, holes, a dense dark lymphoid aggregate
+(> 0.25 mm^2), a pale loose region, an out-of-focus region, pen strokes of three colours
+(blue and green arcs, a black stroke across tissue) and dark debris: what a tissue stage must
+keep (dark aggregate, pale tissue, the edge) and drop (ink, debris), with truth masks.
 
 Output (OUT): ``slides/{slide_id}.svs``, ``samples.csv`` (paths relative to OUT; written
 last, so its presence means the slides are complete), ``cohort.csv``, ``signatures.csv``,
-``splits/splits_{k}.csv``, and ``truth/`` (``{slide_id}.npz`` masks at 8 um/px and
-``patients.csv`` with the hidden risk) for tests. Everything is a pure function of the seed.
+``splits/splits_{k}.csv``, and ``truth/`` (``{slide_id}.npz`` masks at 8 um/px: tissue,
+holes, tumour, pen, debris, aggregate, pale, blur; and ``patients.csv`` with the hidden risk)
+for tests. Everything is a pure function of the seed.
 """
 
 from __future__ import annotations
@@ -224,6 +228,8 @@ def _tissue_fields(rng: np.random.Generator, mh: int, mw: int, tumour_fraction: 
         c_along = (i + 0.5 + rng.uniform(-0.08, 0.08)) * along / n_pieces
         c_across = across * rng.uniform(0.4, 0.6)
         a = along / n_pieces * rng.uniform(0.36, 0.45)
+        if i == n_pieces - 1:  # the last piece runs off the right (or bottom) edge of the slide
+            c_along = along - a * rng.uniform(0.45, 0.7)
         b = across * rng.uniform(0.28, 0.36)
         cx, cy = (c_along, c_across) if landscape else (c_across, c_along)
         theta = rng.uniform(-0.5, 0.5) + (0 if landscape else np.pi / 2)
@@ -273,6 +279,42 @@ def _draw_pen(rng: np.random.Generator, shape: tuple[int, int], centres: np.ndar
     thickness = int(rng.integers(110, 170))
     cv2.polylines(pen, [np.round(points).astype(np.int32)], False, 255, thickness, cv2.LINE_AA)
     return pen
+
+
+def _draw_stroke(rng: np.random.Generator, shape: tuple[int, int], centres: np.ndarray) -> np.ndarray:
+    """A black marker stroke straight across one tissue piece, from glass to glass."""
+    import cv2
+
+    h, w = shape
+    pen = np.zeros((h, w), np.uint8)
+    cx, cy, a, b = centres[rng.integers(len(centres))] * MASK_DOWNSAMPLE
+    theta = rng.uniform(0.3, 1.2) * (1 if rng.random() < 0.5 else -1)
+    reach = 1.3 * max(a, b)
+    p0 = (int(cx - reach * np.cos(theta)), int(cy - reach * np.sin(theta)))
+    p1 = (int(cx + reach * np.cos(theta)), int(cy + reach * np.sin(theta)))
+    cv2.line(pen, p0, p1, 255, int(rng.integers(70, 110)), cv2.LINE_AA)
+    return pen
+
+
+def _pick_spot(rng: np.random.Generator, allowed: np.ndarray, radius: float) -> tuple[int, int]:
+    """(y, x) of a mask pixel at least ``radius`` from everything not ``allowed`` (the deepest one when none is)."""
+    import cv2
+
+    depth = cv2.distanceTransform(np.pad(allowed.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    spots = np.argwhere(depth >= radius)
+    if len(spots) == 0:
+        y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        return int(y), int(x)
+    y, x = spots[rng.integers(len(spots))]
+    return int(y), int(x)
+
+
+def _disc(shape: tuple[int, int], centre: tuple[int, int], radius: float, rng: np.random.Generator) -> np.ndarray:
+    """A slightly irregular disc (signed field, > 0 inside) at mask resolution."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    squash = rng.uniform(0.8, 1.2)
+    d = np.sqrt(((yy - centre[0]) * squash) ** 2 + ((xx - centre[1]) / squash) ** 2) / radius
+    return (1.0 - d + 0.06 * _smooth_noise(rng, shape, 8.0)).astype(np.float32)
 
 
 def _draw_debris(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
@@ -325,7 +367,11 @@ STROMA_NUCLEUS = (120.0, 74.0, 160.0)
 LYMPHOCYTE = (72.0, 46.0, 122.0)
 TUMOUR_NUCLEUS = (82.0, 40.0, 122.0)
 DEBRIS = (46.0, 40.0, 36.0)
-PEN_INKS = ((0.22, 0.40, 0.85), (0.25, 0.62, 0.40))  # transmitted fraction per channel: blue, green
+PEN_INKS = ((0.22, 0.40, 0.85), (0.25, 0.62, 0.40), (0.07, 0.07, 0.09))  # transmitted: blue, green, black
+AGGREGATE_MM2 = 0.32  # lymphoid aggregate disc area (the part on tissue is > 0.25 mm^2 on full-size slides)
+PALE_RADIUS_UM = 180.0  # pale loose tissue region
+BLUR_RADIUS_UM = 220.0  # out-of-focus region
+BLUR_SIGMA_PX = 6.0  # level-0 px: 3 um, plainly out of focus at 20x (a few um of defocus)
 
 
 RENDER_DOWNSAMPLE = 2  # stain fields are rendered at half resolution, then resized to level 0
@@ -354,15 +400,34 @@ def render_slide(recipe: SlideRecipe) -> tuple[np.ndarray, dict[str, np.ndarray]
     r = RENDER_DOWNSAMPLE
     hs, ws = -(-h // r), -(-w // r)
     fields = _tissue_fields(rng, mh, mw, recipe.tumour_fraction)
-    pen = _draw_pen(rng, (h, w), fields["centres"])
+    pens = [_draw_pen(rng, (h, w), fields["centres"]), _draw_pen(rng, (h, w), fields["centres"]),
+            _draw_stroke(rng, (h, w), fields["centres"])]  # fmt: skip
     debris = _draw_debris(rng, (h, w))
-    pen_ink = np.array(PEN_INKS[int(rng.random() < 0.4)], np.float32)
+    # aggregate, pale and blurred regions: on tissue, away from the ink and from each other
+    shrink = (mw, mh)
+    inked = np.zeros((mh, mw), bool)
+    for one in pens:
+        inked |= cv2.resize(one, shrink, interpolation=cv2.INTER_AREA) > 0
+    on_tissue = (fields["pieces"] > 0) & ~cv2.dilate(inked.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    mask_um = MPP * MASK_DOWNSAMPLE
+    agg_r = float(np.sqrt(AGGREGATE_MM2 / np.pi) * 1000 / mask_um)
+    centre = _pick_spot(rng, on_tissue, agg_r)
+    aggregate_f = _disc((mh, mw), centre, agg_r, rng)
+    free = on_tissue & (aggregate_f < -0.6)
+    pale_r, blur_r = PALE_RADIUS_UM / mask_um, BLUR_RADIUS_UM / mask_um
+    pale_f = _disc((mh, mw), _pick_spot(rng, free, pale_r), pale_r, rng)
+    free &= pale_f < -0.6
+    blur_f = _disc((mh, mw), _pick_spot(rng, free, 0.6 * blur_r), blur_r, rng)
 
     up = MASK_DOWNSAMPLE / r
     tissue_a = _soft_mask(fields["pieces"], (hs, ws), up, edge_px=1.5)
     tissue_a *= 1.0 - _soft_mask(fields["holes"], (hs, ws), up, edge_px=1.5)
     tumour_a = _soft_mask(fields["nests"], (hs, ws), up, edge_px=6.0)
     tumour_a *= tissue_a
+    agg_a = _soft_mask(aggregate_f, (hs, ws), up, edge_px=4.0)
+    agg_a *= tissue_a
+    pale_a = _soft_mask(pale_f, (hs, ws), up, edge_px=6.0)
+    pale_a *= tissue_a
     low = _smooth_noise(rng, (hs, ws), 300.0)
     # fibres: streaks along one axis, from noise blurred anisotropically
     along_x = bool(rng.integers(2))
@@ -378,7 +443,7 @@ def render_slide(recipe: SlideRecipe) -> tuple[np.ndarray, dict[str, np.ndarray]
     stroma_only = tissue_a - tumour_a
     area = float(r * r)  # level-0 px per rendered px
     p1 = stroma_only * (area / 1500)
-    p2 = p1 + tissue_a * (area / 6000)
+    p2 = p1 + tissue_a * (area / 6000) + agg_a * (area / 40)  # the aggregate: packed lymphocytes
     p3 = p2 + tumour_a * (area / 260)
     stroma_pts = np.where(uniform < p1, amplitude, 0).astype(np.float32)
     lymph_pts = np.where((uniform >= p1) & (uniform < p2), amplitude, 0).astype(np.float32)
@@ -393,16 +458,17 @@ def render_slide(recipe: SlideRecipe) -> tuple[np.ndarray, dict[str, np.ndarray]
     chromatin += 0.85
     # sequential "over" compositing written as weights: tumour nuclei over lymphocytes over
     # stroma nuclei over cytoplasm (eosin or tumour), all of it over glass
-    free = (1 - tumour_n) * (1 - lymph_n)
+    free_n = (1 - tumour_n) * (1 - lymph_n)
     w_tumour_n = tissue_a * tumour_n * chromatin
     w_lymph = tissue_a * lymph_n * (1 - tumour_n) * chromatin
-    w_stroma_n = tissue_a * stroma_n * free * chromatin
-    cyto = (1 - stroma_n) * free
+    w_stroma_n = tissue_a * stroma_n * free_n * chromatin
+    cyto = (1 - stroma_n) * free_n
     w_tumour_cyto = cyto * tumour_a * (0.97 + 0.03 * low)
     w_eosin = cyto * stroma_only * (0.96 + 0.03 * low + 0.035 * fib)
-    w_glass = 1 - tissue_a
+    w_eosin *= 1.0 - 0.5 * pale_a  # pale loose tissue: half the eosin, the rest is glass showing through
+    w_glass = 1 - tissue_a + cyto * stroma_only * 0.5 * pale_a
     additive = w_glass * 2.0 * low
-    del free, cyto, chromatin, fib, stroma_only
+    del cyto, chromatin, fib, stroma_only
     weights = (w_glass, w_eosin, w_tumour_cyto, w_stroma_n, w_lymph, w_tumour_n)
     colours = np.array([GLASS, EOSIN, TUMOUR_CYTOPLASM, STROMA_NUCLEUS, LYMPHOCYTE, TUMOUR_NUCLEUS], np.float32)
     grain = _grain(rng, (hs, ws))
@@ -418,15 +484,18 @@ def render_slide(recipe: SlideRecipe) -> tuple[np.ndarray, dict[str, np.ndarray]
     del channels
     rgb = cv2.resize(half, (w, h), interpolation=cv2.INTER_LINEAR)
     # pen ink absorbs (multiplies), debris covers; both only where drawn
-    ys, xs = np.nonzero(pen)
-    alpha = (pen[ys, xs].astype(np.float32) / 255 * 0.85)[:, None]
-    rgb[ys, xs] = np.clip(rgb[ys, xs] * (1 - alpha * (1 - pen_ink)), 0, 255).astype(np.uint8)
+    for one, ink in zip(pens, PEN_INKS):
+        ys, xs = np.nonzero(one)
+        alpha = (one[ys, xs].astype(np.float32) / 255 * 0.85)[:, None]
+        rgb[ys, xs] = np.clip(rgb[ys, xs] * (1 - alpha * (1 - np.array(ink, np.float32))), 0, 255).astype(np.uint8)
+    pen = np.maximum.reduce(pens)
+    del pens
     ys, xs = np.nonzero(debris)
     alpha = (debris[ys, xs].astype(np.float32) / 255)[:, None]
     dark = np.array(DEBRIS, np.float32) * (1 + 0.04 * grain[ys // r, xs // r])[:, None]
     rgb[ys, xs] = np.clip(rgb[ys, xs] * (1 - alpha) + dark * alpha, 0, 255).astype(np.uint8)
+    _defocus(rgb, blur_f, MASK_DOWNSAMPLE)
 
-    shrink = (mw, mh)
     tissue = (fields["pieces"] > 0) & (fields["holes"] <= 0)
     truth = {
         "tissue": tissue,
@@ -434,8 +503,28 @@ def render_slide(recipe: SlideRecipe) -> tuple[np.ndarray, dict[str, np.ndarray]
         "tumour": tissue & (fields["nests"] > 0),
         "pen": cv2.resize(pen, shrink, interpolation=cv2.INTER_AREA) > 127,
         "debris": cv2.resize(debris, shrink, interpolation=cv2.INTER_AREA) > 127,
+        "aggregate": tissue & (aggregate_f > 0),
+        "pale": tissue & (pale_f > 0),
+        "blur": blur_f > 0,
     }
     return rgb, truth
+
+
+def _defocus(rgb: np.ndarray, field: np.ndarray, factor: int) -> None:
+    """Blur ``rgb`` in place where the coarse signed ``field`` is > 0 (soft edge): an out-of-focus region."""
+    import cv2
+
+    ys, xs = np.nonzero(field > -0.2)
+    if len(ys) == 0:
+        return
+    fy0, fy1, fx0, fx1 = max(0, ys.min() - 1), ys.max() + 2, max(0, xs.min() - 1), xs.max() + 2
+    weight = cv2.resize(field[fy0:fy1, fx0:fx1], ((fx1 - fx0) * factor, (fy1 - fy0) * factor), interpolation=cv2.INTER_LINEAR)
+    y0, x0 = fy0 * factor, fx0 * factor
+    y1, x1 = min(rgb.shape[0], y0 + weight.shape[0]), min(rgb.shape[1], x0 + weight.shape[1])
+    weight = np.clip(weight[: y1 - y0, : x1 - x0] * 8.0 + 0.5, 0.0, 1.0)[..., None]
+    part = rgb[y0:y1, x0:x1]
+    blurred = cv2.GaussianBlur(part, (0, 0), BLUR_SIGMA_PX)
+    rgb[y0:y1, x0:x1] = (part * (1 - weight) + blurred * weight).astype(np.uint8)
 
 
 def slide_recipes(slides: pd.DataFrame, patient: pd.DataFrame, seed: int) -> list[SlideRecipe]:

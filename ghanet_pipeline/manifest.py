@@ -13,7 +13,7 @@ from . import store
 
 log = logging.getLogger("ghanet.manifest")
 
-COLUMNS = ("slide_id", "status", "reason", "path", "n_patches", "mpp", "mpp_source", "effective_mpp", "seconds")
+COLUMNS = ("slide_id", "status", "reason", "path", "n_patches", "n_blurred", "mpp", "mpp_source", "effective_mpp", "seconds")
 
 
 def read_status(path: Path) -> dict:

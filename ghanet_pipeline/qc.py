@@ -1,11 +1,16 @@
 """Quality-control outputs of the tissue stage: an overlay PNG and QuPath-ready GeoJSON.
 
 - PNG: the slide thumbnail with tissue outlines (green), holes (blue), pen and debris
-  (red, hatched by tint) and the kept patch grid (yellow squares); for a failed slide a
+  (red, hatched by tint) and the kept patch grid (yellow squares; blurred patches magenta and
+  crossed); for a failed slide a
   plain image that says ``failed: <reason>``.
 - GeoJSON: a FeatureCollection of Polygon features (exterior ring, then holes) in level-0
   pixel coordinates, with ``objectType: annotation`` and classification ``Tissue`` so
   QuPath (File > Import objects) shows them as annotations.
+
+Both are drawn from the tissue mask the patch grid measured (pen and debris cut out, holes
+carved), so what QC shows is what was patched; :func:`rasterize` turns the GeoJSON back into
+that mask.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from . import store
 
 Polygon = tuple[np.ndarray, list[np.ndarray]]  # exterior (k, 2), holes, in mask px
 
-GREEN, BLUE, RED, YELLOW = (0, 170, 0), (30, 60, 230), (230, 30, 30), (240, 200, 0)
+GREEN, BLUE, RED, YELLOW, MAGENTA = (0, 170, 0), (30, 60, 230), (230, 30, 30), (240, 200, 0), (220, 0, 220)
 
 
 def polygons_from_mask(mask: np.ndarray, min_points: int = 3) -> list[Polygon]:
@@ -79,6 +84,28 @@ def geojson(
     return {"type": "FeatureCollection", "features": features}
 
 
+def rasterize(features: Sequence[dict], shape: tuple[int, int], downsample: float) -> np.ndarray:
+    """The (h, w) 0/1 mask at ``downsample`` (level-0 px per mask px) that GeoJSON polygons from
+    :func:`geojson` describe: the inverse of :func:`polygons_from_mask` (rings run through the
+    centres of the outermost pixels; a hole's ring runs through the tissue pixels round it)."""
+    import cv2
+
+    out = np.zeros(shape, np.uint8)
+
+    def pixels(ring) -> np.ndarray:
+        xy = np.asarray(ring, np.float64) / downsample - 0.5
+        return np.round(xy).astype(np.int32).reshape(-1, 1, 2)
+
+    for feature in features:
+        exterior, *holes = feature["geometry"]["coordinates"]
+        cv2.fillPoly(out, [pixels(exterior)], 1)
+        cv2.polylines(out, [pixels(exterior)], True, 1)
+        for hole in holes:
+            cv2.fillPoly(out, [pixels(hole)], 0)
+            cv2.polylines(out, [pixels(hole)], True, 1)
+    return out
+
+
 def write_geojson(
     path: str | Path,
     polygons: Sequence[Polygon],
@@ -98,8 +125,10 @@ def overlay(
     patch_level0: int,
     artifacts: np.ndarray | None,
     caption: str,
+    flagged: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The QC image (RGB): ``thumb_downsample`` is level-0 px per thumbnail px."""
+    """The QC image (RGB): ``thumb_downsample`` is level-0 px per thumbnail px; ``flagged``
+    (bool per patch) marks blurred patches, drawn magenta and crossed."""
     import cv2
 
     image = np.ascontiguousarray(thumb.copy())
@@ -109,10 +138,13 @@ def overlay(
         art = cv2.resize(artifacts.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
         image[art] = (0.5 * image[art] + 0.5 * np.array(RED)).astype(np.uint8)
     thickness = max(1, int(round(max(h, w) / 600)))
-    for x, y in coords:
+    side = max(1, int(round(patch_level0 / thumb_downsample)))
+    for i, (x, y) in enumerate(coords):
         x0, y0 = int(x / thumb_downsample), int(y / thumb_downsample)
-        side = max(1, int(round(patch_level0 / thumb_downsample)))
-        cv2.rectangle(image, (x0, y0), (x0 + side - 1, y0 + side - 1), YELLOW, 1)
+        blurred = flagged is not None and bool(flagged[i])
+        cv2.rectangle(image, (x0, y0), (x0 + side - 1, y0 + side - 1), MAGENTA if blurred else YELLOW, 1)
+        if blurred:
+            cv2.line(image, (x0, y0), (x0 + side - 1, y0 + side - 1), MAGENTA, 1)
     for exterior, holes in polygons:
         pts = ((exterior + 0.5) * scale).astype(np.int32)
         cv2.polylines(image, [pts], True, GREEN, thickness + 1, cv2.LINE_AA)

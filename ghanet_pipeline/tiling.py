@@ -19,11 +19,17 @@ class Grid:
     coords: np.ndarray  # (N, 2) int64 level-0 top-left (x, y), row-major (y, then x)
     fractions: np.ndarray  # (N,) float32 tissue fraction of each kept patch
     n_candidates: int
-    n_dropped_artifact: int  # candidates with enough tissue but centred on pen or debris
+    n_dropped_artifact: int  # candidates with enough tissue but centred on pen or debris (or too much of it)
+    n_past_edge: int = 0  # kept patches running past the right/bottom slide edge (read as white there)
+    artifact_fractions: np.ndarray | None = None  # (N,) float32 pen/debris share of each kept patch
+    n_fill: int = 0  # kept patches added off the regular grid by the gap filler
 
 
-def candidate_origins(length: int, patch: int, step: int) -> np.ndarray:
-    """Top-left positions along one axis of patches lying wholly inside ``length`` px."""
+def candidate_origins(length: int, patch: int, step: int, past_edge: bool = False) -> np.ndarray:
+    """Top-left positions along one axis of patches lying wholly inside ``length`` px; with
+    ``past_edge`` also those that start inside but run past the end (the outside is background)."""
+    if past_edge:
+        return np.arange(0, max(length, 0), step, dtype=np.int64)
     if patch > length:
         return np.zeros(0, np.int64)
     return np.arange(0, length - patch + 1, step, dtype=np.int64)
@@ -76,6 +82,30 @@ def centre_hits(mask: np.ndarray, xs: np.ndarray, ys: np.ndarray, size: float, d
     return mask[np.ix_(cy, cx)].astype(bool)
 
 
+def _evaluate(
+    tissue_integral: np.ndarray,
+    artifacts: np.ndarray | None,
+    artifact_integral: np.ndarray | None,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    size: int,
+    downsample: float,
+    min_fraction: float,
+    max_artifact_fraction: float | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(keep, enough tissue, tissue fractions, artifact fractions), each (ny, nx), for the squares at xs x ys."""
+    fractions = box_fractions(tissue_integral, xs, ys, size, downsample)
+    enough = fractions >= min_fraction - 1e-9
+    art = np.zeros_like(fractions)
+    bad = np.zeros(enough.shape, bool)
+    if artifacts is not None:
+        bad = centre_hits(artifacts, xs, ys, size, downsample)
+        if artifact_integral is not None:
+            art = box_fractions(artifact_integral, xs, ys, size, downsample)
+            bad |= art > max_artifact_fraction + 1e-9
+    return enough & ~bad, enough, fractions, art
+
+
 def patch_grid(
     tissue: np.ndarray,
     artifacts: np.ndarray | None,
@@ -84,23 +114,171 @@ def patch_grid(
     patch_level0: int,
     step_level0: int,
     min_fraction: float,
+    past_edge: bool = False,
+    max_artifact_fraction: float | None = None,
+    fill_min_new: float | None = None,
+    fill_max_overlap: float = 1.0,
 ) -> Grid:
     """Patches of ``patch_level0`` px every ``step_level0`` px kept where the tissue fraction
-    is at least ``min_fraction`` and the centre is not on an artifact (pen, debris)."""
+    is at least ``min_fraction`` and the centre is not on an artifact (pen, debris).
+
+    ``past_edge``: patches may run past the right/bottom edge; the part outside counts as no
+    tissue, so ``min_fraction`` keeps its meaning (share of the whole patch).
+    ``max_artifact_fraction``: a patch is also dropped when more than that share of it is
+    ``artifacts``. ``fill_min_new``: after the regular grid, patches on the grid shifted by
+    quarters of a step are added where they hold ``min_fraction`` tissue (and pass the artifact
+    rules), at least this share of them is tissue no patch kept so far covers, and at most
+    ``fill_max_overlap`` of them lies on kept patches: thin or ragged tissue that no grid cell
+    holds half of still gets patches. Coordinates come back
+    row-major (y, then x).
+    """
     width, height = level0_size
-    xs = candidate_origins(width, patch_level0, step_level0)
-    ys = candidate_origins(height, patch_level0, step_level0)
+    xs = candidate_origins(width, patch_level0, step_level0, past_edge)
+    ys = candidate_origins(height, patch_level0, step_level0, past_edge)
     n_candidates = len(xs) * len(ys)
     if n_candidates == 0 or tissue.size == 0:
         return Grid(np.zeros((0, 2), np.int64), np.zeros(0, np.float32), n_candidates, 0)
-    fractions = box_fractions(integral_image(tissue), xs, ys, patch_level0, downsample)
-    enough = fractions >= min_fraction - 1e-9
-    keep = enough
-    n_artifact = 0
-    if artifacts is not None and artifacts.any():
-        on_artifact = centre_hits(artifacts, xs, ys, patch_level0, downsample)
-        keep = enough & ~on_artifact
-        n_artifact = int((enough & on_artifact).sum())
-    iy, ix = np.nonzero(keep)  # row-major: y, then x
-    coords = np.stack([xs[ix], ys[iy]], axis=1).astype(np.int64)
-    return Grid(coords, fractions[iy, ix].astype(np.float32), n_candidates, n_artifact)
+    tissue_integral = integral_image(tissue)
+    if artifacts is not None and not artifacts.any():
+        artifacts = None
+    artifact_integral = None
+    if artifacts is not None and max_artifact_fraction is not None:
+        artifact_integral = integral_image(artifacts)
+    args = (patch_level0, downsample, min_fraction, max_artifact_fraction)
+    keep, enough, fractions, art = _evaluate(tissue_integral, artifacts, artifact_integral, xs, ys, *args)
+    n_artifact = int((enough & ~keep).sum())
+    iy, ix = np.nonzero(keep)
+    parts = [(xs[ix], ys[iy], fractions[iy, ix], art[iy, ix])]
+    if fill_min_new is not None and len(iy) + 1 < n_candidates:
+        extra, n_extra_candidates, n_extra_artifact = _fill_gaps(
+            parts[0][0], parts[0][1], tissue, tissue_integral, artifacts, artifact_integral, level0_size,
+            step_level0, past_edge, fill_min_new, args, fill_max_overlap,
+        )  # fmt: skip
+        parts += extra
+        n_candidates += n_extra_candidates
+        n_artifact += n_extra_artifact
+    n_fill = sum(len(part[0]) for part in parts[1:])
+    px, py, pf, pa = (np.concatenate(v) for v in zip(*parts))
+    order = np.lexsort((px, py))  # row-major: y, then x
+    coords = np.stack([px[order], py[order]], axis=1).astype(np.int64)
+    n_past = int(((coords[:, 0] + patch_level0 > width) | (coords[:, 1] + patch_level0 > height)).sum())
+    return Grid(
+        coords, pf[order].astype(np.float32), n_candidates, n_artifact, n_past, pa[order].astype(np.float32), n_fill
+    )
+
+
+# Quarter-step shifts tried by the gap filler, half steps first (they reach the most new area).
+_FILL_SHIFTS = sorted(
+    ((i, j) for i in range(4) for j in range(4) if (i, j) != (0, 0)),
+    key=lambda ij: (-(min(ij[0], 4 - ij[0]) + min(ij[1], 4 - ij[1])), ij),
+)
+
+
+def _fill_gaps(
+    kept_x: np.ndarray,
+    kept_y: np.ndarray,
+    tissue: np.ndarray,
+    tissue_integral: np.ndarray,
+    artifacts: np.ndarray | None,
+    artifact_integral: np.ndarray | None,
+    level0_size: tuple[int, int],
+    step: int,
+    past_edge: bool,
+    min_new: float,
+    args: tuple,
+    max_overlap: float = 1.0,
+) -> tuple[list, int, int]:
+    """Patches of the grid shifted by quarter steps that bring at least ``min_new`` (a share of
+    the patch) of tissue no kept patch covers yet and share at most ``max_overlap`` of their
+    area with kept patches."""
+    patch, downsample = args[0], args[1]
+    width, height = level0_size
+    quarter = max(1, step // 4)
+    h, w = tissue.shape
+    uncovered = tissue.astype(np.uint8, copy=True)  # tissue no kept patch covers, at mask resolution
+    covered = np.zeros(tissue.shape, np.uint8)
+
+    def cover(x: np.ndarray, y: np.ndarray) -> None:
+        # mask pixels whose centre lies inside the patch
+        x0 = np.ceil(x / downsample - 0.5).astype(np.int64)
+        y0 = np.ceil(y / downsample - 0.5).astype(np.int64)
+        x1 = np.ceil((x + patch) / downsample - 0.5).astype(np.int64)
+        y1 = np.ceil((y + patch) / downsample - 0.5).astype(np.int64)
+        for a, b, c, d in zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist()):
+            uncovered[max(0, a) : min(h, b), max(0, c) : min(w, d)] = 0
+            covered[max(0, a) : min(h, b), max(0, c) : min(w, d)] = 1
+
+    cover(kept_x, kept_y)
+    parts, n_candidates, n_artifact = [], 0, 0
+    for i, j in _FILL_SHIFTS:
+        if not uncovered.any():
+            break
+        xs = candidate_origins(width - i * quarter, patch, step, past_edge) + i * quarter
+        ys = candidate_origins(height - j * quarter, patch, step, past_edge) + j * quarter
+        if len(xs) == 0 or len(ys) == 0:
+            continue
+        n_candidates += len(xs) * len(ys)
+        keep, enough, fractions, art = _evaluate(tissue_integral, artifacts, artifact_integral, xs, ys, *args)
+        n_artifact += int((enough & ~keep).sum())
+        if not keep.any():
+            continue
+        new = box_fractions(integral_image(uncovered), xs, ys, patch, downsample)
+        keep &= (new >= min_new - 1e-9) if min_new > 0 else new > 0
+        if max_overlap < 1.0:
+            keep &= box_fractions(integral_image(covered), xs, ys, patch, downsample) <= max_overlap + 1e-9
+        iy, ix = np.nonzero(keep)
+        if len(iy):
+            parts.append((xs[ix], ys[iy], fractions[iy, ix], art[iy, ix]))
+            cover(xs[ix], ys[iy])
+    return parts, n_candidates, n_artifact
+
+
+# ----------------------------------------------------------------------------- patch budget
+# Nonsense settings (target_mpp 1e-9, overlap 0.99) would otherwise plan millions of patches and
+# days of feature extraction for one slide; tissue.max_patches_per_slide stops them here.
+
+# A candidate costs about 60 bytes while the grid is computed; past this many candidates per
+# allowed patch the grid is not computed at all.
+CANDIDATES_PER_ALLOWED_PATCH = 20
+# An estimate from the tissue area this many times over the limit fails before the grid.
+ESTIMATE_MARGIN = 4
+
+
+class TooManyPatches(ValueError):
+    """A slide's patch grid holds (or would hold) more patches than the limit."""
+
+    def __init__(self, what: str, count: int, limit: int):
+        self.what, self.count, self.limit = what, count, limit
+        super().__init__(f"{what}, over the limit of {limit:,} patches per slide")
+
+
+def _positions(length: int, step: int) -> int:
+    """Upper bound of the patch origins along one axis (also counting patches past the edge)."""
+    return max(0, -(-int(length) // max(1, int(step))))
+
+
+def check_grid_size(
+    tissue: np.ndarray, downsample: float, level0_size: tuple[int, int], step_level0: int, max_patches: int
+) -> None:
+    """Raise :class:`TooManyPatches` before computing a grid that would clearly be too large.
+
+    Estimate: each level-0 px^2 of tissue starts 1 / step^2 patches. Exact enough to catch
+    settings that are off by orders of magnitude; the exact count is checked after the grid.
+    """
+    width, height = level0_size
+    n_positions = _positions(width, step_level0) * _positions(height, step_level0)
+    estimate = int(np.count_nonzero(tissue) * (float(downsample) / max(1, step_level0)) ** 2)
+    if estimate > ESTIMATE_MARGIN * max_patches:
+        raise TooManyPatches(f"about {estimate:,} patches (estimated from the tissue area)", estimate, max_patches)
+    if n_positions > CANDIDATES_PER_ALLOWED_PATCH * max_patches:
+        raise TooManyPatches(
+            f"{n_positions:,} grid positions to test (about {estimate:,} patches on tissue), too many to evaluate "
+            f"(more than {CANDIDATES_PER_ALLOWED_PATCH} x the limit)",
+            n_positions, max_patches,
+        )  # fmt: skip
+
+
+def check_patch_count(grid: Grid, max_patches: int) -> None:
+    """Raise :class:`TooManyPatches` when the grid holds more than ``max_patches`` patches."""
+    if len(grid.coords) > max_patches:
+        raise TooManyPatches(f"{len(grid.coords):,} patches", len(grid.coords), max_patches)

@@ -6,45 +6,40 @@ Writes ``OUT/tiles/{id}.zarr`` (coords + tissue mask + attributes), ``OUT/qc/{id
 
 Segmentation runs at ``seg_mpp`` (default 8 um/px) read from the coarsest pyramid level that
 is fine enough (level 0 shrunk in strips when the slide has one level): HSV saturation with
-Otsu's threshold (or a fixed one), pen marks (blue/green hues, where green exceeds red, which
-H&E never does; and black) and dark debris taken out, a median blur and a closing sized in
-micrometres, contours with holes (``cv2.RETR_CCOMP``) filtered by areas in um^2.
+Otsu's threshold (or a fixed one), pen and debris taken out by their optical density (ink and
+dust absorb colours in ratios H&E never makes, see :mod:`ghanet_pipeline.stain`; dark stained
+tissue is never an artefact), a median blur and a closing sized in micrometres, contours with
+holes (``cv2.RETR_CCOMP``) filtered by areas in um^2. The patch grid may run past the right and
+bottom edges (outside reads as white glass). The QC outlines and GeoJSON are drawn from the
+mask the grid measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import qc, store, tiling
+from . import patch_quality, qc, stain, store, tiling
 from .config import TissueSettings
 from .paths import Layout, UnsafeIdError, check_slide_id
-from .slide import LevelChoice, Mpp, SlideError, choose_level, open_slide, pick_level, read_level_resized, resolve_mpp, source_size
+from .slide import (
+    LevelChoice, Mpp, SlideError, absolute_path, choose_level, open_slide, pick_level, read_level_resized, resolve_mpp,
+    source_size,
+)  # fmt: skip
 
 log = logging.getLogger("ghanet.tissue")
 
-# Pen and debris, on OpenCV's HSV scale (H 0-179 = half degrees, S and V 0-255), at seg_mpp.
-# H&E is pink to purple (H about 125-179 and 0-10): red always exceeds green. Pen is not:
-GREEN_PEN_HUE = (35, 100)  # 70-200 deg: green is the top channel (green, teal, cyan ink)
-GREEN_PEN_MIN_SATURATION = 30  # green ink over pink tissue turns greyish, so a low bar
-BLUE_PEN_HUE = (101, 125)  # 202-250 deg: blue ink, also where it covers tissue (about 242 deg)
-BLUE_PEN_MIN_SATURATION = 90
-DARK_MAX_VALUE = 80  # black ink and debris: dark ...
-DARK_MAX_SATURATION = 90  # ... and greyish; dark stained tissue is as dark but strongly saturated
-DARK_GROW_VALUE = 100  # dark pixels up to DARK_GROW_UM from grey-black ones belong to the same blob
-DARK_GROW_UM = 16.0
-# Where ink covers stained tissue its hue drifts (green over purple looks brown): any pixel of a
-# hue H&E does not make (orange .. blue), connected to a clear pen pixel, is pen too.
-NON_HE_HUE = (11, 125)
-PEN_MIN_AREA_UM2 = 4_000.0  # coloured specks smaller than this are stain noise, not pen
-DEBRIS_MAX_AREA_UM2 = 250_000.0  # dark blobs up to this are debris; larger dark areas are black pen
-ARTIFACT_MARGIN_UM = 24.0  # widen pen/debris to take their blurred fringes too
+PALE_MIN_OD = 0.04  # mean optical density; glass stays below 0.025 at seg resolution
+PALE_INSET = 2  # seg px (16 um at 8 um/px) inside a piece's outline where pale tissue counts
+SPECK_PX = 2  # mask pieces and holes of at most this many seg pixels are dropped/filled
 OTSU_FLOOR = 20  # saturation below this is never tissue (an all-white slide stays empty)
 # Outlines take pale (loose, oedematous) tissue too: saturation this far above the glass's median.
 BACKGROUND_MARGIN = 15
@@ -54,7 +49,7 @@ QC_MAX_SIDE = 1600
 @dataclass
 class Segmentation:
     tissue: np.ndarray  # (h, w) uint8 0/1 tissue pixels (pen/debris excluded) at seg resolution
-    regions: np.ndarray  # (h, w) uint8 0/1 kept tissue pieces with holes (smooth outlines)
+    regions: np.ndarray  # (h, w) uint8 0/1 kept tissue pieces with holes (closed, smooth outlines)
     artifacts: np.ndarray  # (h, w) bool: pen | debris (widened)
     rgb: np.ndarray  # (h, w, 3) the image segmented
     downsample: float  # level-0 px per mask px
@@ -80,6 +75,9 @@ class SlideResult:
     timings: dict[str, float] = field(default_factory=dict)
     qc_thumb: np.ndarray | None = None
     qc_downsample: float = 1.0
+    blur: np.ndarray | None = None  # (N,) float32 blur score per kept patch (None: not computed)
+    quality_level: int | None = None
+    n_dropped_blur: int = 0
 
     @property
     def n_patches(self) -> int:
@@ -145,75 +143,6 @@ def saturation_thresholds(saturation: np.ndarray, mask: np.ndarray | None = None
     return outline, coverage
 
 
-def _in_range(hsv: np.ndarray, lower: tuple[int, int, int], upper: tuple[int, int, int]) -> np.ndarray:
-    """Pixels with every HSV channel within [lower, upper] (inclusive), as bool."""
-    import cv2
-
-    return cv2.inRange(hsv, np.array(lower, np.uint8), np.array(upper, np.uint8)) > 0
-
-
-def _component_areas(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, area of each label; label 0 is the background)."""
-    import cv2
-
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
-    return labels, stats[:, cv2.CC_STAT_AREA]
-
-
-def _components_touching(weak: np.ndarray, strong: np.ndarray, min_px: float = 0) -> np.ndarray:
-    """Connected components of ``weak`` of at least ``min_px`` pixels that contain a ``strong``
-    pixel (hysteresis)."""
-    if not strong.any():
-        return strong
-    labels, areas = _component_areas(weak | strong)
-    keep = np.zeros(len(areas), bool)
-    keep[np.unique(labels[strong])] = True
-    keep &= areas >= min_px
-    keep[0] = False
-    return keep[labels]
-
-
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    import cv2
-
-    if radius <= 0 or not mask.any():
-        return mask
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return cv2.dilate(mask.view(np.uint8), kernel).view(bool)
-
-
-def artifact_masks(hsv: np.ndarray, seg_mpp: float, remove_pen: bool, remove_debris: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(pen, debris) boolean masks at seg resolution, each widened by a margin."""
-    empty = np.zeros(hsv.shape[:2], bool)
-    pen, debris = empty, empty
-    # grey-black pixels, grown a little into the dark pixels next to them: at low resolution
-    # the JPEG chroma of a small black blob bleeds from its stained surroundings (dark but
-    # saturated). The growth is bounded so it never runs into dark stained tissue.
-    grey_black = _in_range(hsv, (0, 0, 0), (255, DARK_MAX_SATURATION - 1, DARK_MAX_VALUE - 1))
-    dark = grey_black
-    if grey_black.any():
-        near = _dilate(grey_black, int(round(DARK_GROW_UM / seg_mpp)))
-        dark = grey_black | (near & _in_range(hsv, (0, 0, 0), (255, 255, DARK_GROW_VALUE - 1)))
-    dark_labels, dark_areas = _component_areas(dark) if dark.any() else (None, None)
-    debris_max_px = _px_area(DEBRIS_MAX_AREA_UM2, seg_mpp)
-    if remove_pen:
-        green = _in_range(hsv, (GREEN_PEN_HUE[0], GREEN_PEN_MIN_SATURATION, 0), (GREEN_PEN_HUE[1], 255, 255))
-        blue = _in_range(hsv, (BLUE_PEN_HUE[0], BLUE_PEN_MIN_SATURATION, 0), (BLUE_PEN_HUE[1], 255, 255))
-        strong = green | blue
-        weak = strong | _in_range(hsv, (NON_HE_HUE[0], GREEN_PEN_MIN_SATURATION, 0), (NON_HE_HUE[1], 255, 255))
-        pen = _components_touching(weak, strong, min_px=_px_area(PEN_MIN_AREA_UM2, seg_mpp))
-        if dark_labels is not None:  # large dark areas: black pen
-            black = dark_areas > debris_max_px
-            black[0] = False
-            pen = pen | black[dark_labels]
-    if remove_debris and dark_labels is not None:
-        small = dark_areas <= debris_max_px
-        small[0] = False
-        debris = small[dark_labels]
-    margin = int(round(ARTIFACT_MARGIN_UM / seg_mpp))
-    return _dilate(pen, margin), _dilate(debris, margin)
-
-
 def binary_median(mask: np.ndarray, k: int) -> np.ndarray:
     """Median filter of a 0/1 mask with a k x k window: the window's majority (a box sum, fast)."""
     import cv2
@@ -259,16 +188,16 @@ def segment_rgb(
     """Segment an RGB image at ``seg_mpp``: (tissue, regions, artifacts, thresholds, pen px, debris px).
 
     ``regions`` (0/1) are the kept tissue pieces with their holes, closed and filtered by
-    area: smooth outlines for QC and GeoJSON. ``tissue`` (0/1) is the foreground above the
-    coverage threshold inside those regions, unsmoothed: what the patch grid measures, so a
-    gap that the closing bridged or a hole below the area filter still counts as no tissue.
-    Both exclude pen and debris.
+    area. ``tissue`` (0/1) is the foreground above the coverage threshold inside those
+    regions (and pale stained tissue away from their borders), unsmoothed: what the patch grid
+    measures and what QC and GeoJSON draw, so a gap that the closing bridged or a hole below
+    the area filter still counts as no tissue. Both exclude pen and debris.
     ``thresholds`` are the (outline, coverage) saturation thresholds used.
     """
     import cv2
 
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    pen, debris = artifact_masks(hsv, seg_mpp, settings.remove_pen, settings.remove_debris)
+    pen, debris, maps = stain.artifact_masks(rgb, seg_mpp, settings.remove_pen, settings.remove_debris)
     artifacts = pen | debris
     clean = (~artifacts).view(np.uint8)
     saturation = np.ascontiguousarray(hsv[..., 1])
@@ -293,7 +222,26 @@ def segment_rgb(
     )
     regions[artifacts] = 0
     tissue = regions & foreground(coverage_at, blur=False)
+    # pale (loose, oedematous, fatty) tissue: above the outline threshold, absorbing clearly
+    # more than glass, and away from a piece's border, where pixels half tissue and half glass
+    # would pass the lower bar too
+    inner = cv2.erode(regions, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * PALE_INSET + 1,) * 2))
+    tissue |= inner & foreground(outline_at, blur=False) & (maps.od >= PALE_MIN_OD).view(np.uint8)
+    # specks of a pixel or two (JPEG noise, a nucleus on glass inside a hole) would only
+    # clutter the outlines drawn from this mask; they change no patch's fraction measurably
+    tissue = _drop_specks(tissue, SPECK_PX)
     return tissue, regions, artifacts, (outline_at, coverage_at), int(pen.sum()), int(debris.sum())
+
+
+def _drop_specks(mask: np.ndarray, max_px: int) -> np.ndarray:
+    """``mask`` (0/1 uint8) without pieces or holes of at most ``max_px`` pixels (skimage.morphology)."""
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
+    if max_px <= 0 or not mask.any():
+        return mask
+    keep = remove_small_objects(mask.astype(bool), max_size=max_px)
+    keep = remove_small_holes(keep, max_size=max_px)
+    return keep.view(np.uint8)
 
 
 def segmentation_plan(slide, mpp: float, seg_mpp: float, tolerance: float) -> tuple[int, tuple[int, int], float]:
@@ -346,13 +294,21 @@ def process(
             t2 = time.perf_counter()
             result.timings["segment"] = t2 - t1
             step = tiling.step_for(result.level.patch_size_level0, settings.overlap)
+            tiling.check_grid_size(seg.tissue, seg.downsample, result.level0_size, step, settings.max_patches_per_slide)
             result.grid = tiling.patch_grid(
                 seg.tissue, seg.artifacts, seg.downsample, result.level0_size,
                 result.level.patch_size_level0, step, settings.min_tissue_fraction,
+                past_edge=settings.edge_patches, max_artifact_fraction=settings.max_artifact_fraction,
+                fill_min_new=settings.fill_min_new_tissue, fill_max_overlap=settings.fill_max_overlap,
             )  # fmt: skip
+            tiling.check_patch_count(result.grid, settings.max_patches_per_slide)
             t3 = time.perf_counter()
             result.timings["patch"] = t3 - t2
-            seg.polygons = qc.polygons_from_mask(seg.regions)
+            if settings.quality_mpp is not None and len(result.grid.coords):
+                _score_blur(result, str(path), settings)
+                t3 = time.perf_counter()
+                result.timings["quality"] = t3 - t2 - result.timings["patch"]
+            seg.polygons = qc.polygons_from_mask(seg.tissue)  # the QC shows the mask the grid used
             result.segmentation = seg
             if qc_image:
                 try:
@@ -368,6 +324,8 @@ def process(
                 slide.close()
     except SlideError as err:
         return _failed(result, str(err))
+    except tiling.TooManyPatches as err:
+        return _failed(result, too_many_patches_reason(err, result, settings))
     except Exception as err:  # noqa: BLE001 - one odd slide must not stop the cohort
         log.debug("slide %s: unexpected error", slide_id, exc_info=True)
         return _failed(
@@ -383,6 +341,68 @@ def process(
     for warning in result.warnings:
         log.warning("slide %s: %s", slide_id, warning)
     return result
+
+
+def too_many_patches_reason(err: tiling.TooManyPatches, result: SlideResult, settings: TissueSettings) -> str:
+    """The count, the settings that made it and the fix."""
+    level, mpp = result.level, result.mpp
+    return (
+        f"{result.path}: {err}. Settings: tissue.target_mpp {settings.target_mpp:g} um/px, patch_size "
+        f"{settings.patch_size}, overlap {settings.overlap:g}, on a slide of {result.level0_size[0]} x "
+        f"{result.level0_size[1]} px at {mpp.value:.4g} um/px (from {mpp.source}): a patch is "
+        f"{level.patch_size_level0} level-0 px, one every "
+        f"{tiling.step_for(level.patch_size_level0, settings.overlap)} px. Check target_mpp (0.5 = 20x, 0.25 = 40x), "
+        "overlap and the slide's mpp (the sample sheet's 'mpp' column wins); if this many patches are "
+        "intended, raise tissue.max_patches_per_slide"
+    )
+
+
+def quality_threads() -> int:
+    """Threads for the block-wise blur score: the cores this process may use, at most 4."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+def _score_blur(result: SlideResult, path: str, settings: TissueSettings) -> None:
+    """Blur score of every kept patch; with ``tissue.max_blur`` set, drop the blurred ones."""
+    grid = result.grid
+    try:
+        # its own handle: after a read error OpenSlide refuses every later call on the handle
+        own = open_slide(path)
+        try:
+            blur, plan = patch_quality.blur_scores(
+                own, path, result.mpp.value, grid.coords, result.level.patch_size_level0, settings.quality_mpp,
+                settings.mpp_tolerance, threads=quality_threads(),
+            )  # fmt: skip
+        finally:
+            with contextlib.suppress(Exception):
+                own.close()
+    except SlideError as err:  # a report is not worth failing the slide for; features will name the region
+        result.warnings.append(
+            f"blur scores not computed (pixels at {settings.quality_mpp:g} um/px not readable); the features stage "
+            f"will fail or skip patches in the damaged region: {err}"
+        )
+        return
+    result.quality_level = plan.level
+    if settings.max_blur is not None:
+        keep = blur <= settings.max_blur + 1e-9
+        result.n_dropped_blur = int((~keep).sum())
+        if result.n_dropped_blur:
+            art = grid.artifact_fractions
+            result.grid = dataclasses.replace(
+                grid, coords=grid.coords[keep], fractions=grid.fractions[keep],
+                artifact_fractions=None if art is None else art[keep],
+            )  # fmt: skip
+            blur = blur[keep]
+    result.blur = blur
+
+
+def blur_threshold(settings: TissueSettings) -> float:
+    """Above this blur score a patch is flagged (and dropped when tissue.max_blur is set)."""
+    return settings.max_blur if settings.max_blur is not None else patch_quality.REPORT_BLUR
 
 
 def _failed(result: SlideResult, reason: str) -> SlideResult:
@@ -410,12 +430,14 @@ def _qc_thumbnail(slide, path: str, seg: Segmentation) -> tuple[np.ndarray, floa
 def segmentation_params(settings: TissueSettings) -> dict:
     params = {k: v for k, v in asdict(settings).items() if k not in ("target_mpp", "patch_size", "overlap", "min_tissue_fraction")}
     params.update(
-        green_pen_hue=list(GREEN_PEN_HUE), green_pen_min_saturation=GREEN_PEN_MIN_SATURATION,
-        blue_pen_hue=list(BLUE_PEN_HUE), blue_pen_min_saturation=BLUE_PEN_MIN_SATURATION,
-        dark_max_value=DARK_MAX_VALUE, dark_max_saturation=DARK_MAX_SATURATION,
-        dark_grow_value=DARK_GROW_VALUE, dark_grow_um=DARK_GROW_UM, non_he_hue=list(NON_HE_HUE),
-        pen_min_area_um2=PEN_MIN_AREA_UM2, debris_max_area_um2=DEBRIS_MAX_AREA_UM2,
-        artifact_margin_um=ARTIFACT_MARGIN_UM, otsu_floor=OTSU_FLOOR, background_margin=BACKGROUND_MARGIN,
+        stained_max_red_ratio=stain.STAINED_MAX_RED_RATIO, stained_max_blue_ratio=stain.STAINED_MAX_BLUE_RATIO, neutral_min_red_ratio=stain.NEUTRAL_MIN_RED_RATIO,
+        neutral_min_blue_ratio=stain.NEUTRAL_MIN_BLUE_RATIO, ink_min_red_ratio=stain.INK_MIN_RED_RATIO,
+        debris_min_blue_ratio=stain.DEBRIS_MIN_BLUE_RATIO, seed_min_od=stain.SEED_MIN_OD,
+        weak_min_od=stain.WEAK_MIN_OD, neutral_seed_min_od=stain.NEUTRAL_SEED_MIN_OD,
+        pen_min_area_um2=stain.PEN_MIN_AREA_UM2, debris_min_area_um2=stain.DEBRIS_MIN_AREA_UM2,
+        debris_max_area_um2=stain.DEBRIS_MAX_AREA_UM2, artifact_margin_um=stain.ARTIFACT_MARGIN_UM,
+        opaque_od=stain.OPAQUE_OD,
+        speck_px=SPECK_PX, pale_inset_px=PALE_INSET, pale_min_od=PALE_MIN_OD, otsu_floor=OTSU_FLOOR, background_margin=BACKGROUND_MARGIN,
     )  # fmt: skip
     return params
 
@@ -429,7 +451,7 @@ def store_attrs(result: SlideResult, settings: TissueSettings) -> dict:
         "reason": result.reason,
         "warnings": result.warnings,
         "slide_id": result.slide_id,
-        "source_path": str(Path(result.path).resolve()) if result.path else "",
+        "source_path": absolute_path(result.path) if result.path else "",  # a symlink loop must not crash here
         "source_size_bytes": source_size(result.path),
         "level0_size": list(result.level0_size),
         "mpp": mpp.value if mpp else None,
@@ -453,17 +475,33 @@ def store_attrs(result: SlideResult, settings: TissueSettings) -> dict:
         "debris_pixels": seg.debris_pixels if seg else 0,
         "n_candidates": grid.n_candidates if grid else 0,
         "n_dropped_on_artifact": grid.n_dropped_artifact if grid else 0,
+        # patches may run past the right/bottom edge; the part outside is read as white glass
+        "n_past_edge": grid.n_past_edge if grid else 0,
+        "quality_mpp": settings.quality_mpp,
+        "quality_level": result.quality_level,
+        "blur_threshold": blur_threshold(settings),
+        "blur_dropped": settings.max_blur is not None,
+        "n_blurred": n_blurred(result, settings),
+        "n_dropped_blur": result.n_dropped_blur,
+        "n_fill_patches": grid.n_fill if grid else 0,
+        "outside_slide_reads_as": "white",
         "segmentation": segmentation_params(settings),
     }
 
 
-def status_record(result: SlideResult, seconds: float) -> dict:
+def n_blurred(result: SlideResult, settings: TissueSettings) -> int:
+    """Patches whose blur score is above the flag threshold (kept unless tissue.max_blur drops them)."""
+    return int((result.blur > blur_threshold(settings)).sum()) if result.blur is not None else 0
+
+
+def status_record(result: SlideResult, settings: TissueSettings, seconds: float) -> dict:
     return {
         "slide_id": result.slide_id,
         "status": result.status,
         "reason": result.reason,
         "path": result.path,
         "n_patches": result.n_patches,
+        "n_blurred": n_blurred(result, settings),
         "mpp": result.mpp.value if result.mpp else None,
         "mpp_source": result.mpp.source if result.mpp else None,
         "effective_mpp": result.level.effective_mpp if result.level else None,
@@ -482,6 +520,14 @@ def write_outputs(result: SlideResult, settings: TissueSettings, layout: Layout,
         store.write_array(group, "coords", coords.astype(np.int64))
         mask = seg.tissue if seg is not None else np.zeros((0, 0), np.uint8)
         store.write_array(group, "tissue_mask", mask.astype(np.uint8), chunk_rows=1024)
+        # per-patch quality, row i = coords row i: tissue and pen/debris shares, blur score
+        grid = result.grid if seg is not None else None
+        n = len(coords)
+        store.write_array(group, "tissue_fraction", grid.fractions.astype(np.float32) if grid else np.zeros(0, np.float32))
+        art = grid.artifact_fractions if grid is not None and grid.artifact_fractions is not None else np.zeros(n, np.float32)
+        store.write_array(group, "artifact_fraction", art.astype(np.float32))
+        if result.blur is not None and seg is not None:
+            store.write_array(group, "blur", result.blur.astype(np.float32))
     if seg is not None:
         level = result.level
         caption = (
@@ -492,6 +538,7 @@ def write_outputs(result: SlideResult, settings: TissueSettings, layout: Layout,
             result.qc_thumb if result.qc_thumb is not None else seg.rgb, seg.polygons, seg.downsample,
             result.qc_downsample if result.qc_thumb is not None else seg.downsample,
             coords, level.patch_size_level0, seg.artifacts, caption,
+            flagged=None if result.blur is None else result.blur > blur_threshold(settings),
         )  # fmt: skip
         qc.write_png(layout.qc_png(result.slide_id), image)
         qc.write_geojson(
@@ -500,7 +547,7 @@ def write_outputs(result: SlideResult, settings: TissueSettings, layout: Layout,
     else:
         qc.write_png(layout.qc_png(result.slide_id), qc.failed_image(result.slide_id, result.reason))
         qc.write_geojson(layout.qc_geojson(result.slide_id), [], 1.0, result.slide_id)
-    store.write_json(layout.status(result.slide_id), status_record(result, seconds))
+    store.write_json(layout.status(result.slide_id), status_record(result, settings, seconds))
 
 
 class StrictFailure(RuntimeError):
