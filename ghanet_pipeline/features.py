@@ -23,23 +23,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
-import fcntl
 import logging
 import os
-import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from . import __version__
+from . import __version__, locks
 from .cli import add_settings_arguments
 from .config import FeatureSettings, stage_settings
 from .devices import resolve_device
-from .store import atomic_path, create_group, json_safe, open_store
+from .store import atomic_path, create_group, create_row_array, json_safe, open_store, read_array, seal_array
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +57,36 @@ class FeatureError(RuntimeError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tiles", required=True, help="tiles store of the slide (OUT/tiles/{id}.zarr)")
-    parser.add_argument("--slide-path", required=True, help="the slide file")
-    parser.add_argument("--out", required=True, help="feature store to write (OUT/features/{encoder}/{id}.zarr)")
+    parser.add_argument("--tiles", required=True, nargs="+",
+                        help="tiles store(s) of the slide(s) (OUT/tiles/{id}.zarr); several = a shard")
+    parser.add_argument("--slide-path", required=True, nargs="+", help="the slide file(s), in the same order")
+    parser.add_argument("--out", required=True, nargs="+",
+                        help="feature store(s) to write (OUT/features/{encoder}/{id}.zarr), in the same order")
     parser.add_argument(
         "--strict", action="store_true", help="exit non-zero instead of writing a failed store for a failed slide"
+    )
+    parser.add_argument(
+        "--redo", action="append", default=[], metavar="OUT",
+        help="re-encode this store even when it is complete (may repeat; default: complete stores are kept)",
     )
     add_settings_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     settings: FeatureSettings = stage_settings("features", args.config, args.settings)
+    if not len(args.tiles) == len(args.slide_path) == len(args.out):
+        log.error("--tiles, --slide-path and --out need one value per slide each (got %d, %d and %d)",
+                  len(args.tiles), len(args.slide_path), len(args.out))
+        return 2
+    items = [ShardItem(Path(t), Path(s), Path(o)) for t, s, o in zip(args.tiles, args.slide_path, args.out)]
+    if len(items) == 1 and not args.redo:  # one slide: today's job, the store redone as asked
+        return _main_one(items[0], settings, args.strict)
+    return extract_shard(items, settings, strict=args.strict, redo={Path(r) for r in args.redo}).exit_code
+
+
+def _main_one(item: "ShardItem", settings: FeatureSettings, strict: bool) -> int:
     try:
-        status = extract(Path(args.tiles), Path(args.slide_path), Path(args.out), settings, strict=args.strict)
+        status = extract(item.tiles, item.slide_path, item.out, settings, strict=strict)
     except StoreLockedError as err:
         log.error("%s", err)
         return 3
@@ -81,51 +96,151 @@ def main(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:  # missing tiles store, weights offline, bad device/checkpoint
         log.error("%s", err)
         return 2
-    return 0 if status == "ok" or not args.strict else 1
+    return 0 if status == "ok" or not strict else 1
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+@dataclass(frozen=True)
+class ShardItem:
+    tiles: Path
+    slide_path: Path
+    out: Path
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    statuses: dict[str, str]  # out path -> ok | failed | kept | error | locked
+    exit_code: int  # 0; 1 strict failure or a slide that crashed; 2 configuration; 3 a store was locked
+
+
+def complete_store_reason(out: Path, tiles: Path, settings: FeatureSettings) -> str:
+    """Why the feature store ``out`` must be (re)written, or "" when it is complete and current.
+
+    Complete and current: a finished features store (status ok, or failed with a reason: a
+    failure is a result too, as with one job per slide), of the configured encoder, weights,
+    dtype and precision request, with whole ``coords`` (checksums) and a ``features`` array of
+    ``n_patches`` rows, written after its tiles store (a tissue rerun makes it stale).
+    """
+    from .store import DamagedStoreError, require_array
+
+    if not out.exists():
+        return "missing"
+    try:
+        group = open_store(out)
+        attrs = dict(group.attrs)
+        if attrs.get("ghanet_store") != "features" or attrs.get("status") not in ("ok", "failed"):
+            return f"unfinished (status {attrs.get('status')!r})"
+        from .encoders import spec_for
+
+        if attrs.get("encoder") != spec_for(settings.encoder).name or attrs.get("weights") != settings.weights \
+                or attrs.get("dtype") != settings.dtype:
+            return "written with other encoder settings"
+        n = int(attrs.get("n_patches", -1))
+        if attrs["status"] == "ok":
+            if read_array(group, "coords", store_path=out).shape[0] != n:
+                return "coords do not match n_patches"
+            if require_array(group, "features", store_path=out).shape[0] != n:
+                return "features do not match n_patches"
+    except (DamagedStoreError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        return f"damaged ({err})"
+    tiles_meta, out_meta = tiles / "zarr.json", out / "zarr.json"
+    if tiles_meta.is_file() and tiles_meta.stat().st_mtime_ns > out_meta.stat().st_mtime_ns:
+        return "older than its tiles store"
+    return ""
+
+
+def extract_shard(items: list[ShardItem], settings: FeatureSettings, strict: bool = False,
+                  redo: set[Path] | frozenset = frozenset()) -> ShardResult:
+    """Encode a shard of slides in one process with one encoder build (one CUDA context).
+
+    Each slide keeps its own store, status and failure: a failed slide gets its failed store
+    (or, strict, stops the shard), a slide that crashes (an unexpected error) or whose store is
+    locked is logged and skipped, and the others go on; the exit code then says so. Stores that
+    are complete and current (:func:`complete_store_reason`) are kept unless listed in ``redo``,
+    so a rerun after a crash redoes only the unfinished slides.
+    """
+    from .encoders import build_encoder
+
+    encoder = None
+    statuses: dict[str, str] = {}
+    exit_code = 0
+    redo = {p.resolve() for p in redo}
+    for i, item in enumerate(items, 1):
+        key = str(item.out)
+        if item.out.resolve() not in redo:
+            reason = complete_store_reason(item.out, item.tiles, settings)
+            if not reason:
+                log.info("[%d/%d] %s: complete, kept", i, len(items), item.out)
+                statuses[key] = "kept"
+                continue
+            log.info("[%d/%d] %s: %s, encoding", i, len(items), item.out, reason)
+        try:
+            needs_encoder = encoder is None and not _shard_input_problem(item)
+        except Exception as err:  # noqa: BLE001 - a missing/damaged tiles store: extract() reports it
+            log.debug("%s: input check: %s", item.out, err)
+            needs_encoder = False
+        if needs_encoder:
+            # One build for the shard, at the first slide that needs it (no weights are loaded
+            # for a shard of complete or failing slides).
+            try:
+                device = resolve_device(settings.device, "features.device")
+                configure_threads()
+                encoder = build_encoder(settings.encoder, settings.weights, settings.allow_download)
+                encoder = encoder.to(device, settings.precision)
+            except (FileNotFoundError, ValueError) as err:  # configuration: every slide would fail alike
+                log.error("%s", err)
+                statuses[key] = "error"
+                return ShardResult(statuses, 2)
+        try:
+            statuses[key] = extract(item.tiles, item.slide_path, item.out, settings, strict=strict, encoder=encoder)
+        except StoreLockedError as err:
+            log.error("%s", err)
+            statuses[key], exit_code = "locked", max(exit_code, 3)
+        except FeatureError as err:  # strict: the first failed slide stops the shard, as it stops the run
+            log.error("%s", err)
+            statuses[key] = "failed"
+            return ShardResult(statuses, 1)
+        except Exception:  # noqa: BLE001 - one slide's crash must not lose the rest of the shard
+            log.exception("%s: encoding failed; the other slides of the shard go on", item.out)
+            statuses[key], exit_code = "error", max(exit_code, 1)
+        if strict and statuses[key] != "ok" and exit_code == 0:
+            exit_code = 1
+    counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
+    log.info("shard of %d slide(s) done: %s", len(items), counts)
+    return ShardResult(statuses, exit_code)
+
+
+def _shard_input_problem(item: ShardItem) -> str:
+    """The per-slide input check, without building anything (a failing slide needs no encoder)."""
+    tiles = open_store(item.tiles)
+    attrs = dict(tiles.attrs)
+    return _input_problem(tiles, attrs, item.tiles, item.slide_path, attrs.get("slide_id", item.tiles.stem))
 
 
 # ----------------------------------------------------------------------------- lock
-
-
-_HELD_LOCKS: set[str] = set()  # POSIX locks do not conflict within one process: track our own
 
 
 @contextlib.contextmanager
 def exclusive_lock(out: Path) -> Iterator[Path]:
     """Hold ``{out}.lock`` (non-blocking exclusive lock, outside the store) while ``out`` is written.
 
-    ``fcntl.lockf`` (a POSIX record lock), not ``flock``: a POSIX lock belongs to this process
-    only, so forked reader workers do not inherit it, and it is released the moment this process
-    dies, even by SIGKILL (an inherited ``flock`` would stay held by orphaned workers).
+    A ``locks.held`` lock: a POSIX record lock of this process only (forked reader workers do not
+    inherit it), released the moment the process dies, even by SIGKILL.
     """
     lock = out.with_name(out.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    key = str(lock.resolve())
-    if key in _HELD_LOCKS:
-        raise StoreLockedError(f"{out} is being written by this process (pid {os.getpid()}; lock file {lock})")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            raise StoreLockedError(
-                f"{out} is being written by another process ({holder}; lock file {lock}). "
-                "Wait for it to finish; two jobs must not write the same store."
-            ) from err
-        _HELD_LOCKS.add(key)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        try:
-            yield lock
-        finally:
-            _HELD_LOCKS.discard(key)
-            with contextlib.suppress(OSError):
-                fcntl.lockf(fd, fcntl.LOCK_UN)
+        fd = locks.acquire(lock)
+    except locks.LockHeldError as err:
+        raise StoreLockedError(
+            f"{out} is being written by {err.holder} (lock file {lock}). "
+            "Wait for it to finish; two jobs must not write the same store."
+        ) from err
+    try:
+        yield lock
     finally:
-        os.close(fd)
+        locks.release(lock, fd)
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -220,7 +335,9 @@ def _input_problem(tiles, tiles_attrs: dict, tiles_path: Path, slide_path: Path,
 
     if tiles_attrs.get("status", "ok") != "ok":
         return f"tiles stage failed: {tiles_attrs.get('reason', '') or 'no reason recorded'}"
-    if "coords" not in tiles or tiles["coords"].shape[0] == 0:
+    # Checked here, before an encoder is built: a damaged tiles store (lost/truncated coords chunk, no
+    # coords array) raises DamagedStoreError naming it; it is neither "no tissue" nor a wrong grid.
+    if read_array(tiles, "coords", store_path=tiles_path).shape[0] == 0:
         return "the tiles store has no patches (no tissue found)"
     read_level = int(tiles_attrs["read_level"])
     try:
@@ -358,10 +475,9 @@ class RowWriter:
 
     def __init__(self, group, n_rows: int, dim: int, dtype: np.dtype, chunk_rows: int = CHUNK_ROWS):
         self.chunk_rows = max(1, min(chunk_rows, n_rows))
-        self.features = group.create_array(
-            "features", shape=(n_rows, dim), dtype=dtype, chunks=(self.chunk_rows, dim)
-        )
-        self.coords = group.create_array("coords", shape=(n_rows, 2), dtype="int64", chunks=(self.chunk_rows, 2))
+        # NaN fill + every chunk written: a chunk lost later can never read as features (store.read_array).
+        self.features = create_row_array(group, "features", (n_rows, dim), dtype, self.chunk_rows)
+        self.coords = create_row_array(group, "coords", (n_rows, 2), "int64", self.chunk_rows)
         self.dim = dim
         self.n_written = 0
         self._feats: list[np.ndarray] = []
@@ -393,3 +509,5 @@ class RowWriter:
         if self.n_written != self.features.shape[0]:  # dropped bad patches: shrink to what was written
             self.features.resize((self.n_written, self.dim))
             self.coords.resize((self.n_written, 2))
+        seal_array(self.features)  # row count + per-chunk CRC-32 of what is on disk, checked by every reader
+        seal_array(self.coords)

@@ -1,14 +1,19 @@
 """Train one model on one cross-validation fold (``ghanet train``), and gather the folds of a
 model into ``summary.json`` (``ghanet summarize``).
 
-Recipe (docs/ghanet-model.md): Adam (lr 2e-4, weight decay 1e-5), one patient per step,
+Recipe (docs/model.md): Adam (lr 2e-4, weight decay 1e-5), one patient per step,
 gradients accumulated over ``grad_accum`` patients (the remainder is stepped and zeroed at the
 end of each epoch), class-balanced sampling with replacement over the bin x censorship labels,
 loss = survival NLL + ``recon_weight`` x reconstruction (G-HANet only; 0 for ghanet_norecon).
-Deterministic on CPU for a seed. CUDA with bf16 autocast when present.
+Deterministic on CPU for a seed. ``train.precision``: ``auto`` = bf16 autocast on CUDA, fp32 on
+CPU (bit-identical reruns); ``bf16`` also on CPU (opt-in, ~1.7x per step where the CPU has bf16).
+Each epoch trains and predicts the validation fold only; the training set is predicted once, at
+the end (train c-index of the last epoch, the train median risk of the final and of the best
+checkpoint).
 
 Outputs in ``--out``: ``checkpoint_final.pt``, ``checkpoint_best.pt`` (selected on the
-validation fold: optimistic), ``metrics.csv`` (per epoch), ``predictions_val.csv``,
+validation fold: optimistic), ``metrics.csv`` (per epoch: epoch, loss, nll, recon, val_loss,
+val_cindex, train_cindex (last epoch only, else NaN), lr, seconds), ``predictions_val.csv``,
 ``result.json``, ``train.log``; ``resume.pt`` while running (the next run resumes from it when
 its configuration matches, and deletes it when done).
 """
@@ -37,7 +42,7 @@ from .bags import BagSource, find_patient_stores
 from .cli import add_settings_arguments
 from .config import TrainSettings, stage_settings
 from .devices import resolve_device
-from .metrics import concordance_index
+from .metrics import concordance_index, risk_from_survival
 from .model import GHANET_MODELS, MODEL_NAMES, SLIDE_MODELS, build_model, model_config
 from .model.losses import nll_survival_loss, reconstruction_loss
 from .store import atomic_path, write_json
@@ -225,6 +230,17 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(epoch)])
 
 
+def autocast_for(device: torch.device, precision: str = "auto"):
+    """bf16 autocast on CUDA (``auto``/``bf16``) and, opt-in, on CPU (``bf16``: about 1.7x per
+    step on CPUs with bf16 support, survival curves within ~1e-3); fp32 otherwise, so CPU reruns
+    stay bit-identical by default."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
 def train_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -235,11 +251,16 @@ def train_epoch(
     epoch: int,
     device: torch.device,
 ) -> dict[str, float]:
+    """One pass over the (class-balanced) training patients; mean loss, nll and recon.
+
+    Only the training pass: no prediction of the training set (its statistics are taken once,
+    at the end of the run)."""
     model.train()
     rng = epoch_rng(settings.seed, epoch)
     order = balanced_order([p.label for p in patients], rng)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    sums = {"loss": 0.0, "nll": 0.0, "recon": 0.0}
+    autocast = autocast_for(device, settings.precision)
+    # Sums stay on the device: one host sync per epoch, not three per step.
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
     optimizer.zero_grad(set_to_none=True)
     for step, index in enumerate(tqdm(order, desc=f"epoch {epoch}", unit="patient", mininterval=10, leave=False)):
         patient = patients[index]
@@ -258,32 +279,53 @@ def train_epoch(
         if (step + 1) % settings.grad_accum == 0:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        sums["loss"] += float(loss.detach())
-        sums["nll"] += float(nll.detach())
-        sums["recon"] += float(recon.detach())
+        sums += torch.stack([loss.detach(), nll.detach(), recon.detach().float()]).double()
     if len(order) % settings.grad_accum:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {k: v / len(order) for k, v in sums.items()}
+    means = (sums / len(order)).tolist()
+    return {"loss": means[0], "nll": means[1], "recon": means[2]}
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, patients: list[Patient], bags: BagSource | None, device: torch.device) -> np.ndarray:
-    """Survival curves S (n_patients, n_bins) of the model in eval mode, all patches."""
+def evaluate(
+    model: torch.nn.Module, patients: list[Patient], bags: BagSource | None, device: torch.device,
+    precision: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Survival curves S and hazards, both (n_patients, n_bins) float32, in eval mode, all patches."""
     model.eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    rows = []
+    autocast = autocast_for(device, precision)
+    survival, hazards = [], []
     for patient in patients:
         with autocast:
             out = model(model_input(model, patient, bags).to(device))
-        rows.append(out["S"].float().cpu().numpy())
-    return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+        survival.append(out["S"].float().reshape(-1).cpu().numpy())
+        hazards.append(out["hazards"].float().reshape(-1).cpu().numpy())
+    if not survival:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
+    return np.stack(survival), np.stack(hazards)
+
+
+def predict(
+    model: torch.nn.Module, patients: list[Patient], bags: BagSource | None, device: torch.device,
+    precision: str = "auto",
+) -> np.ndarray:
+    """Survival curves S (n_patients, n_bins) of the model in eval mode, all patches."""
+    return evaluate(model, patients, bags, device, precision)[0]
+
+
+def nll_of(patients: list[Patient], hazards: np.ndarray) -> float:
+    """Mean survival NLL of eval-mode hazards (the validation loss of the learning curves)."""
+    if not patients:
+        return math.nan
+    h = torch.from_numpy(hazards)
+    return float(np.mean([float(nll_survival_loss(h[i], p.bin, p.censorship)) for i, p in enumerate(patients)]))
 
 
 def cindex_of(patients: list[Patient], survival: np.ndarray) -> float:
     if not patients:
         return math.nan
-    risk = -survival.sum(axis=1)
+    risk = risk_from_survival(survival)
     return concordance_index(risk, [p.survival_months for p in patients], [p.censorship for p in patients])
 
 
@@ -311,7 +353,7 @@ def write_metrics(history: list[dict], path: Path) -> None:
 def write_predictions(patients: list[Patient], survival: np.ndarray, n_bins: int, path: Path) -> None:
     table = pd.DataFrame({
         "case_id": [p.case_id for p in patients],
-        "risk": -survival.sum(axis=1) if len(patients) else [],
+        "risk": risk_from_survival(survival) if len(patients) else [],
         "survival_months": [p.survival_months for p in patients],
         "censorship": [p.censorship for p in patients],
     })
@@ -380,6 +422,19 @@ def try_resume(path: Path, fingerprint: str) -> dict | None:
 # ----------------------------------------------------------------------------- the loop
 
 
+def _finish_best(model_name: str, spec: RunSpec, cohort: Cohort, device: torch.device, settings: TrainSettings,
+                 path: Path) -> None:
+    """Add the train median risk of the best epoch's weights to ``checkpoint_best.pt`` (saved
+    without it during the loop): one training-set pass at the end instead of one per improvement."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(model_name, spec.model_config)
+    model.load_state_dict(ckpt["state_dict"])
+    survival = predict(model.to(device), cohort.train, cohort.bags, device, settings.precision)
+    save_torch({**ckpt, "train_median_risk": float(np.median(risk_from_survival(survival)))}, path)
+
+
+
+
 def train_fold(
     model_name: str,
     fold: int,
@@ -423,22 +478,24 @@ def train_fold(
         start_epoch = int(state["epoch"]) + 1
         log.info("resuming from %s after epoch %d", resume_path, state["epoch"])
 
-    median_risk = math.nan
+    s_val = None
     for epoch in range(start_epoch, settings.epochs + 1):
         t0 = time.time()
         losses = train_epoch(model, optimizer, cohort.train, cohort.bags, settings, spec.recon_weight, epoch, device)
-        s_train = predict(model, cohort.train, cohort.bags, device)
-        s_val = predict(model, cohort.val, cohort.bags, device)
-        c_train, c_val = cindex_of(cohort.train, s_train), cindex_of(cohort.val, s_val)
-        median_risk = float(np.median(-s_train.sum(axis=1)))
-        history.append({"epoch": epoch, **losses, "train_cindex": c_train, "val_cindex": c_val,
+        s_val, h_val = evaluate(model, cohort.val, cohort.bags, device, settings.precision)
+        c_val, val_loss = cindex_of(cohort.val, s_val), nll_of(cohort.val, h_val)
+        # train_cindex is filled at the last epoch only: predicting the training set every epoch
+        # cost ~23 % of the epoch (issue 15); the learning curve uses the training loss.
+        history.append({"epoch": epoch, **losses, "val_loss": val_loss, "val_cindex": c_val,
+                        "train_cindex": math.nan, "lr": optimizer.param_groups[0]["lr"],
                         "seconds": round(time.time() - t0, 3)})
-        log.info("epoch %d/%d: loss %.4f (nll %.4f, recon %.4f), c-index train %.4f, val %.4f", epoch,
-                 settings.epochs, losses["loss"], losses["nll"], losses["recon"], c_train, c_val)
+        log.info("epoch %d/%d: loss %.4f (nll %.4f, recon %.4f), val loss %.4f, val c-index %.4f", epoch,
+                 settings.epochs, losses["loss"], losses["nll"], losses["recon"], val_loss, c_val)
         if math.isfinite(c_val) and c_val > best["cindex"]:
             best = {"cindex": c_val, "epoch": epoch}
+            # its train median risk is added at the end of the run (_finish_best), from these weights
             save_torch({**spec.checkpoint_base, "state_dict": cpu_state(model), "epoch": epoch,
-                        "train_median_risk": median_risk, "val_cindex": c_val,
+                        "train_median_risk": None, "val_cindex": c_val,
                         "selection": "best_val_optimistic"}, out / "checkpoint_best.pt")
         write_metrics(history, out / "metrics.csv")
         save_torch({
@@ -448,9 +505,16 @@ def train_fold(
             "history": history, "best": best,
         }, resume_path)
 
-    if start_epoch > settings.epochs or not math.isfinite(median_risk):  # resumed after the last epoch
-        median_risk = float(np.median(-predict(model, cohort.train, cohort.bags, device).sum(axis=1)))
-    s_val = predict(model, cohort.val, cohort.bags, device)
+    # Train-set statistics once, from the final weights: the median risk (the risk-group
+    # threshold of inference) and the train c-index of the last epoch.
+    t0 = time.time()
+    s_train = predict(model, cohort.train, cohort.bags, device, settings.precision)
+    median_risk = float(np.median(risk_from_survival(s_train)))
+    c_train = cindex_of(cohort.train, s_train)
+    if history:
+        history[-1]["train_cindex"] = c_train
+    if s_val is None:  # resumed after the last epoch; else the last epoch's are these weights' own
+        s_val = predict(model, cohort.val, cohort.bags, device, settings.precision)
     c_final = cindex_of(cohort.val, s_val)
     final = {**spec.checkpoint_base, "state_dict": cpu_state(model), "epoch": settings.epochs,
              "train_median_risk": median_risk, "val_cindex": c_final, "selection": "final"}
@@ -458,6 +522,12 @@ def train_fold(
     if best["epoch"] == 0:  # no finite validation c-index: the final model stands in
         save_torch({**final, "selection": "best_val_optimistic"}, out / "checkpoint_best.pt")
         best = {"cindex": c_final, "epoch": settings.epochs}
+    elif best["epoch"] == settings.epochs:  # the best weights are the final weights
+        best_ckpt = torch.load(out / "checkpoint_best.pt", map_location="cpu", weights_only=True)
+        save_torch({**best_ckpt, "train_median_risk": median_risk}, out / "checkpoint_best.pt")
+    else:
+        _finish_best(model_name, spec, cohort, device, settings, out / "checkpoint_best.pt")
+    log.info("train-set statistics and final predictions: %.1f s", time.time() - t0)
     write_metrics(history, out / "metrics.csv")
     write_predictions(cohort.val, s_val, gf.n_bins, out / "predictions_val.csv")
     result = {
@@ -467,7 +537,7 @@ def train_fold(
         "cindex_best": _finite_or_none(best["cindex"]),
         "best_epoch": int(best["epoch"]),
         "best_note": "optimistic: the epoch is selected on the validation fold",
-        "cindex_train_final": _finite_or_none(history[-1]["train_cindex"]) if history else None,
+        "cindex_train_final": _finite_or_none(c_train),
         "epochs": settings.epochs,
         "n_train": len(cohort.train),
         "n_val": len(cohort.val),
@@ -533,7 +603,47 @@ def add_arguments_train(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser)
 
 
+_WRITERS = ("save_torch", "write_json", "write_text", "write_metrics", "write_predictions")
+
+
+def _disk_full_message(err: BaseException, out: Path, model_name: str) -> str:
+    """What a full disk during training means: the file, the space a fold needs, the filesystem.
+
+    The file and the model come from the failing call's frames (``save_torch(obj, path)``,
+    ``train_fold``'s ``model``): torch's zip writer names neither. The sizes follow from the
+    model's parameters: a checkpoint holds the weights (W), ``resume.pt`` the weights plus
+    Adam's two moment buffers (3 W).
+    """
+    from .store import disk_space_mb, mount_point
+
+    path: Any = getattr(err, "filename", None)
+    weights = 0
+    tb = err.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name in _WRITERS and "path" in frame.f_locals:
+            path = frame.f_locals["path"]
+        model = frame.f_locals.get("model") if frame.f_code.co_name == "train_fold" else None
+        if isinstance(model, torch.nn.Module):
+            weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        tb = tb.tb_next
+    path = Path(path) if path else out
+    mount = mount_point(out)
+    free, total = disk_space_mb(out)
+    if weights:
+        ckpt, resume = weights / 1e6, 3 * weights / 1e6
+        need = (f"a {model_name} fold needs about {resume + 2 * ckpt:.0f} MB (resume.pt ~{resume:.0f} MB + two "
+                f"checkpoints ~{ckpt:.0f} MB each, and ~{resume:.0f} MB more for a moment while resume.pt is replaced)")
+    else:
+        need = f"a {model_name} fold needs room for resume.pt (3x the model's weights) and two checkpoints"
+    return (f"disk full while writing {path}: {need}; {mount} has {free:.0f} MB free of {total:.0f} MB. "
+            f"Free space on {mount} "
+            "(or give --out a larger disk) and rerun: training resumes from the last finished epoch")
+
+
 def main_train(args: argparse.Namespace) -> int:
+    from .store import DamagedStoreError, is_disk_full
+
     settings = stage_settings("train", args.config, args.settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -542,8 +652,13 @@ def main_train(args: argparse.Namespace) -> int:
     logging.getLogger().addHandler(handler)
     try:
         train_fold(args.model, args.fold, args.genomics_dir, args.features_dir, out, settings)
-    except (TrainInputError, ValueError, FileNotFoundError) as err:
+    except (TrainInputError, ValueError, FileNotFoundError, DamagedStoreError) as err:
         log.error("%s", err)
+        return 1
+    except (OSError, RuntimeError) as err:
+        if not is_disk_full(err):
+            raise
+        log.error("%s", _disk_full_message(err, out, args.model))
         return 1
     finally:
         logging.getLogger().removeHandler(handler)

@@ -10,7 +10,9 @@ check). GPU requests are kept: up.sh gives the node fake GPUs (gres devices that
 /dev/null), so `--gpus=1` is really scheduled; the jobs compute on the CPU (features.device: cpu).
 
 Then every job Snakemake did not run locally must appear in `sacct` as a COMPLETED SLURM job
-of this run, with the rule and wildcards in its comment, and the GPU rules with a gres/gpu.
+of this run, with the rule and wildcards in its comment, and the GPU rules with a gres/gpu;
+tissue jobs are submitted in batches (the profile's `groups`/`group-components`), so the
+submissions are counted against the batching and printed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.slurm
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
 TEST_ACCOUNT = "ghanet"  # made by tests/slurm/up.sh
-GPU_RULES = {"features", "train"}
+GPU_RULES = {"features", "train_fold"}
 
 
 def _slurm_partition() -> str:
@@ -74,6 +76,10 @@ def site_profile(folder: Path, partition: str) -> Path:
         resources["mem_mb"] = "1500 * attempt"
         resources["runtime"] = 10
     profile["set-threads"] = {rule: 1 for rule in profile.get("set-threads", {})}
+    # a batch (group job) runs its jobs side by side up to this memory: 2 x 1500 MB, 2 CPUs, what
+    # the 2-core test node has (the shipped 64000 would ask for one CPU per slide here)
+    assert profile["groups"]["tissue"] in profile["group-components"], "tissue should be batched"
+    profile["resources"] = {"mem_mb": 3000}
     profile["slurm-init-seconds-before-status-checks"] = 2
     profile["latency-wait"] = 5
     profile["jobs"] = 4
@@ -92,10 +98,15 @@ def _sacct(job_ids: list[str]) -> list[dict]:
     return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
 
 
-def _planned_jobs(stdout: str) -> tuple[list[str], list[str]]:
-    """(remote jobs as rule_<name>[_wildcards_<values>], local rule names) from Snakemake's log."""
-    remote, local = [], []
+def _planned_jobs(stdout: str) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """(remote jobs as rule_<name>[_wildcards_<values>], local rule names, and per group job
+    submitted (a batch), its group name -> the rules of its member jobs) from Snakemake's log."""
+    remote, local, batches = [], [], []
     for block in re.split(r"\n(?=\[[A-Z][a-z]{2} [A-Z][a-z]{2} )", stdout):
+        group = re.match(r"\[[^\]]+\] Group job (\w+)", block)
+        if group:  # one submission running several jobs; its members are indented
+            batches.append((group.group(1), re.findall(r"^\s+rule (\w+):", block, flags=re.M)))
+            continue
         m = re.search(r"^(local)?rule (\w+):", block, flags=re.M)
         if not m:
             continue
@@ -105,7 +116,7 @@ def _planned_jobs(stdout: str) -> tuple[list[str], list[str]]:
         wildcards = re.search(r"^\s+wildcards: (.+)$", block, flags=re.M)
         values = "_".join(kv.split("=", 1)[1] for kv in wildcards.group(1).split(", ")) if wildcards else ""
         remote.append(f"rule_{m.group(2)}" + (f"_wildcards_{values}" if values else ""))
-    return remote, local
+    return remote, local, batches
 
 
 def test_demo_workflow_runs_as_slurm_jobs(tmp_path):
@@ -129,26 +140,37 @@ def test_demo_workflow_runs_as_slurm_jobs(tmp_path):
     result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
     seconds = time.monotonic() - started
     log = result.stdout + result.stderr
+    (tmp_path / "snakemake.log").write_text(log)
     assert result.returncode == 0, f"SLURM run failed after {seconds:.0f} s:\n{log[-8000:]}"
     assert (work / "results" / "report" / "index.html").is_file()
 
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", log)
-    remote, local = _planned_jobs(log)
+    remote, local, batches = _planned_jobs(log)
     from ghanet_pipeline import demo
 
     n_slides = len(demo.plan(5, 3, work / "demo_data"))
+    shipped = yaml.safe_load(PROFILE.read_text())
+    batch_size = shipped["group-components"][shipped["groups"]["tissue"]]
     rules = [name.split("_wildcards_")[0] for name in remote]
-    assert rules.count("rule_tissue") == n_slides and rules.count("rule_features") == n_slides, remote
-    assert rules.count("rule_train") == 2 and "rule_demo_cohort" in rules, remote
-    assert {"report", "manifest", "summarize", "genomics"} <= set(local), f"local rules ran remotely? local={local}"
+    tissue_batches = [members for group, members in batches if group == shipped["groups"]["tissue"]]
+    assert "rule_tissue" not in rules, "tissue jobs should be submitted in batches (groups), not one by one"
+    assert [len(m) for m in tissue_batches] == [n_slides] and set(tissue_batches[0]) == {"tissue"}, batches
+    assert rules.count("rule_features") == n_slides, remote
+    assert rules.count("rule_train_fold") == 2 and "rule_demo_cohort" in rules, remote
+    assert {"report", "manifest", "train", "genomics"} <= set(local), f"local rules ran remotely? local={local}"
 
     rows = _sacct(job_ids)
-    print(f"SLURM run: {seconds:.0f} s, {len(rows)} SLURM jobs in sacct, local rules: {sorted(set(local))}")
-    assert len(job_ids) == len(remote) == len(rows), (job_ids, remote, rows)
-    assert sorted(r["Comment"] for r in rows) == sorted(remote), "sacct's jobs differ from the planned remote jobs"
+    n_jobs = len(remote) + sum(len(m) for _, m in batches)
+    print(f"SLURM run: {seconds:.0f} s, {len(job_ids)} submissions for {n_jobs} jobs (tissue: {n_slides} jobs in "
+          f"{len(tissue_batches)} batch(es) of up to {batch_size}; without batching {n_jobs}), {len(rows)} SLURM "
+          f"jobs in sacct, local rules: {sorted(set(local))}")
+    expected = len(remote) + -(-n_slides // batch_size)
+    assert len(job_ids) == expected == len(rows), (job_ids, remote, batches, rows)
+    singles = sorted(r["Comment"] for r in rows if not r["Comment"].startswith(f"rule_{shipped['groups']['tissue']}"))
+    assert singles == sorted(remote), "sacct's jobs differ from the planned remote jobs"
     assert len({r["JobName"] for r in rows}) == 1, "one Snakemake run names all its jobs with its run id"
     for row in rows:
         assert row["State"] == "COMPLETED" and row["ExitCode"] == "0:0", row
         assert row["Account"] == TEST_ACCOUNT and row["Partition"] == partition, row
         rule = row["Comment"].split("_wildcards_")[0].removeprefix("rule_")
-        assert ("gres/gpu=1" in row["AllocTRES"]) == (rule in GPU_RULES), row
+        assert ("gres/gpu=1" in row["AllocTRES"]) == (rule in GPU_RULES), row  # batches: tissue, no GPU
