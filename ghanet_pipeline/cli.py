@@ -18,10 +18,12 @@ from .config import ConfigError
 # name -> (module, one-line help). Order is the order of the workflow.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-cohort": ("ghanet_pipeline.demo", "write a synthetic cohort: slides, sample sheet, genomics, splits"),
+    "samples": ("ghanet_pipeline.samples_cmd", "write a sample sheet from a folder of slides"),
     "tissue": ("ghanet_pipeline.tissue", "segment tissue and lay the patch grid of one slide"),
     "manifest": ("ghanet_pipeline.manifest", "gather per-slide status records into manifest.csv"),
     "features": ("ghanet_pipeline.features", "encode the patches of one slide into a Zarr feature store"),
     "export-clam": ("ghanet_pipeline.export_clam", "export feature stores to the CLAM layout (h5 + pt_files)"),
+    "import-features": ("ghanet_pipeline.features_import", "turn CLAM / TRIDENT .h5 features into feature stores"),
     "genomics": ("ghanet_pipeline.genomics", "group genomic columns, make survival bins, folds and scalers"),
     "train": ("ghanet_pipeline.train", "train one model on one cross-validation fold"),
     "summarize": ("ghanet_pipeline.train", "gather the folds of one model into summary.json"),

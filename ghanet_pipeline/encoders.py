@@ -16,7 +16,10 @@ Registry entries:
 - ``resnet50_trunc`` (1024-d): ImageNet ResNet-50 cut after ``layer3`` + global average
   pooling (CLAM / MCAT / G-HANet). Weights: ``features.weights`` as a file path, or the
   torchvision ImageNet checkpoint found in the local torch-hub or Hugging Face cache.
-- any timm model name or ``hf-hub:org/name`` id (UNI, CONCH, Virchow, H-optimus...):
+- the pathology foundation encoders ``uni``, ``uni2-h``, ``conch_v1_5``, ``virchow2``,
+  ``h-optimus-0``, ``prov-gigapath`` (:mod:`ghanet_pipeline.encoder_presets`: hub id, timm
+  kwargs, normalisation, pooling and dimension as their authors specify);
+- any timm model name or ``hf-hub:org/name`` id:
   ``features.weights`` = a local checkpoint, or the local Hugging Face cache.
 
 ``weights: random`` (tests and speed benchmarks only) initialises the architecture randomly
@@ -36,6 +39,8 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from .encoder_names import UnknownEncoderError, check_encoder_name  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +141,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TF_LITE_MEAN = (127.0 / 255.0,) * 3
 TF_LITE_STD = (128.0 / 255.0,) * 3
 
+# A new entry also goes into encoder_names.REGISTERED (the Snakefile checks names without torch;
+# tests/test_reliability_round2_inputs.py keeps the two equal).
 REGISTRY: dict[str, EncoderSpec] = {
     "efficientnet_lite0": EncoderSpec(
         name="efficientnet_lite0",
@@ -174,6 +181,11 @@ def spec_for(name: str) -> EncoderSpec:
     """The registry entry, or a generic one for a timm name / ``hf-hub:`` id (dim from the model)."""
     if name in REGISTRY:
         return REGISTRY[name]
+    from .encoder_presets import find_preset, spec as preset_spec
+
+    preset = find_preset(name)
+    if preset is not None:  # UNI, UNI2-h, CONCH v1.5, Virchow2, H-optimus-0, Prov-GigaPath
+        return preset_spec(preset)
     return EncoderSpec(
         name=name,
         arch=name,
@@ -206,8 +218,14 @@ def build_encoder(name: str, weights: str = DEFAULT, allow_download: bool = Fals
         "resnet50_trunc": _build_resnet50_trunc,
     }
     builder = builders.get(name)
+    from .encoder_presets import find_preset
+    from .foundation_models import build_preset_encoder
+
+    preset = find_preset(name) if builder is None else None
     if builder is not None:
         enc = builder(weights, allow_download)
+    elif preset is not None:
+        enc = build_preset_encoder(preset, weights, allow_download)
     else:
         enc = _build_timm(name, weights, allow_download)
     enc.model.eval()

@@ -327,12 +327,13 @@ def _write_bytes(path: Path, payload: bytes) -> None:
 
 
 def write_all(folder: Path, data: SlideAttention, slide_path: str | Path | None, top_k: int) -> list[Path]:
-    """Every heatmap output of one slide; a slide that cannot be read still gets arrays and GeoJSON."""
+    """Every heatmap output of one slide; a slide that cannot be read still gets arrays and GeoJSON, and
+    without a ``slide_path`` (patch geometry unknown) only those."""
     folder = Path(folder)
     written = [folder / f"{data.slide_id}.zarr", folder / f"{data.slide_id}.geojson"]
     write_zarr(written[0], data)
     write_geojson(written[1], data)
-    if len(data.morphology) == 0:
+    if len(data.morphology) == 0 or slide_path is None:  # no pixels to draw on: arrays and GeoJSON only
         return written
     thumb = thumbnail(slide_path, data.level0_size)
     png = folder / f"{data.slide_id}.png"

@@ -30,7 +30,7 @@ from .config import InferSettings, stage_settings
 from .devices import DeviceError, resolve_device
 from .metrics import risk_from_survival
 from .safe_text import neutralise_frame
-from .store import atomic_path, open_store
+from .store import DamagedStoreError, atomic_path, has_integrity, open_store, read_array, require_array
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +121,21 @@ def inspect_slide(row: pd.Series, features_dir: Path, out_dir: Path) -> SlideInp
         return SlideInput(**base, ok=False, reason=why)
     try:
         group = open_store(store)
+    except DamagedStoreError:  # a finished store that lost files fails the run (never a silent "missing")
+        raise
     except (FileNotFoundError, OSError, ValueError) as err:
         return SlideInput(**base, ok=False, reason=f"unreadable feature store: {err}")
     attrs = dict(group.attrs)
     if str(attrs.get("status", "ok")) != "ok":
         return SlideInput(**base, ok=False, reason=str(attrs.get("reason", "")) or "failed in an earlier stage")
-    if "features" not in group or group["features"].ndim != 2 or group["features"].shape[0] == 0:
+    features = require_array(group, "features", slide_id=slide_id, store_path=store)
+    require_array(group, "coords", slide_id=slide_id, store_path=store)
+    if not has_integrity(features):
+        log.warning("slide %s: feature store %s predates integrity records: only missing chunks are detected; "
+                    "rebuild it to add checksums", slide_id, store)
+    if features.ndim != 2 or features.shape[0] == 0:
         return SlideInput(**base, ok=False, reason=f"feature store {store} holds no patches")
-    n, dim = group["features"].shape
+    n, dim = features.shape
     return SlideInput(**base, ok=True, reason="", n_patches=int(n), dim=int(dim), encoder=str(attrs.get("encoder", "")),
                       group=group)
 
@@ -174,7 +181,8 @@ def predict_bag(models: list[FoldModel], bag: np.ndarray, device: str) -> Patien
 
 
 def read_features(slides: list[SlideInput]) -> np.ndarray:
-    parts = [np.asarray(s.group["features"][...]) for s in slides]
+    """The bag of usable slides; a damaged store raises :class:`DamagedStoreError` (never reads as zeros)."""
+    parts = [read_array(s.group, "features", slide_id=s.slide_id, store_path=s.store) for s in slides]
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
@@ -189,9 +197,24 @@ def median_threshold(models: list[FoldModel]) -> float | None:
 # ----------------------------------------------------------------------------- heatmap inputs
 
 
-def slide_geometry(attrs: dict, tiles_dir: Path, slide_id: str, coords: np.ndarray) -> tuple[int, tuple[int, int]]:
-    """(patch size in level-0 px, level-0 size) from the tiles store named in the feature store's ``attrs``
-    (else ``tiles_dir/{slide}.zarr``); estimated from coords if absent."""
+@dataclass(frozen=True)
+class SlideGeometry:
+    patch_size_level0: int
+    level0_size: tuple[int, int]
+    source: str  # "tiles store", "feature store and slide", or "estimated from coords"
+
+    @property
+    def known(self) -> bool:
+        return self.source != ESTIMATED
+
+
+ESTIMATED = "estimated from coords"
+
+
+def slide_geometry(attrs: dict, tiles_dir: Path, slide_id: str, coords: np.ndarray, slide_path: str) -> SlideGeometry:
+    """Patch size in level-0 px and the level-0 size: from the tiles store named in the feature store's
+    ``attrs`` (else ``tiles_dir/{slide}.zarr``); for imported features (no tiles store), from the feature
+    store's ``patch_size_level0`` and the slide file; else estimated from the coordinate grid."""
     candidates = []
     if attrs.get("tiles_store"):
         candidates.append(Path(str(attrs["tiles_store"])))
@@ -199,14 +222,23 @@ def slide_geometry(attrs: dict, tiles_dir: Path, slide_id: str, coords: np.ndarr
     for path in candidates:
         try:
             tiles = dict(open_store(path).attrs)
-            return int(tiles["patch_size_level0"]), (int(tiles["level0_size"][0]), int(tiles["level0_size"][1]))
+            size = (int(tiles["level0_size"][0]), int(tiles["level0_size"][1]))
+            return SlideGeometry(int(tiles["patch_size_level0"]), size, "tiles store")
         except (FileNotFoundError, KeyError, OSError, ValueError, TypeError):
             continue
+    if attrs.get("patch_size_level0"):
+        from .slide import SlideError, open_slide
+
+        try:
+            with open_slide(slide_path) as slide:
+                size = tuple(int(v) for v in slide.dimensions)
+            return SlideGeometry(int(attrs["patch_size_level0"]), size, "feature store and slide")
+        except SlideError as err:
+            log.info("%s: slide not readable for the heatmap picture (%s)", slide_id, err)
     xs = np.unique(coords[:, 0])
     step = int(np.diff(xs).min()) if xs.size > 1 else 256
-    log.warning("%s: no tiles store found; patch size estimated from the grid step (%d px)", slide_id, step)
     far = coords.max(axis=0) + step if len(coords) else np.array([step, step])
-    return step, (int(far[0]), int(far[1]))
+    return SlideGeometry(step, (int(far[0]), int(far[1])), ESTIMATED)
 
 
 def slide_attention(patient: list[SlideInput], output: PatientOutput, models: list[FoldModel],
@@ -220,18 +252,18 @@ def slide_attention(patient: list[SlideInput], output: PatientOutput, models: li
     for s in patient:
         rows = slice(start, start + s.n_patches)
         start += s.n_patches
-        coords = np.asarray(s.group["coords"][...], dtype=np.int64)
+        coords = read_array(s.group, "coords", slide_id=s.slide_id, store_path=s.store).astype(np.int64, copy=False)
         if coords.shape[0] != s.n_patches:
             raise InferError(f"{s.store}: coords has {coords.shape[0]} rows but features {s.n_patches}; "
                              "re-run the features stage for this slide")
-        patch, size = slide_geometry(dict(s.group.attrs), tiles_dir, s.slide_id, coords)
+        geometry = slide_geometry(dict(s.group.attrs), tiles_dir, s.slide_id, coords, s.slide_path)
         result.append(SlideAttention(
             slide_id=s.slide_id, case_id=s.case_id, coords=coords,
             morphology=output.morphology[rows].astype(np.float32),
             association=output.association[:, rows].astype(np.float32),
-            group_names=names, patch_size_level0=patch, level0_size=size,
+            group_names=names, patch_size_level0=geometry.patch_size_level0, level0_size=geometry.level0_size,
             models=described, bag_slides=bag_slides,
-            extra_attrs={"fold_average": len(models) > 1, "encoder": s.encoder},
+            extra_attrs={"fold_average": len(models) > 1, "encoder": s.encoder, "geometry": geometry.source},
         ))
     return result
 
@@ -278,7 +310,13 @@ def run(samples: pd.DataFrame, models_dir: Path, features_dir: Path, out_dir: Pa
                          **{f"S_{i}": float(v) for i, v in enumerate(output.survival)},
                          "risk_group": group, "folds_used": folds_used})
             for data in slide_attention(usable, output, models, tiles_dir):
-                heatmaps.write_all(heat_dir, data, data_slide_path(usable, data.slide_id), settings.top_k)
+                if data.extra_attrs["geometry"] == ESTIMATED:  # no tiles store, no readable slide
+                    log.warning("%s: heatmap arrays and GeoJSON only (no picture): patch geometry unknown; "
+                                "it needs the tiles store, or the slide file and the features' patch_size_level0",
+                                data.slide_id)
+                    heatmaps.write_all(heat_dir, data, None, settings.top_k)
+                else:
+                    heatmaps.write_all(heat_dir, data, data_slide_path(usable, data.slide_id), settings.top_k)
         table = predictions_table(rows, n_bins or 0)
         write_predictions(out_dir / "predictions.csv", table)
     n_missing = int((table["status"] == "missing").sum())
@@ -309,6 +347,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features-dir", required=True, help="feature stores folder (features/{encoder}) of these slides")
     parser.add_argument("--out-dir", required=True, help="writes OUT/predictions.csv and OUT/heatmaps/")
     parser.add_argument("--tiles-dir", help="tiles stores (for patch geometry); default OUT/tiles")
+    parser.add_argument(
+        "--allow-shared-slide-files", action="store_true",
+        help="accept one slide file under several slide ids (config allow_shared_slide_files)",
+    )  # fmt: skip
     add_settings_arguments(parser)
 
 
@@ -318,10 +360,11 @@ def main(args: argparse.Namespace) -> int:
 
     settings = stage_settings("infer", args.config, args.settings)
     try:
-        samples = read_samples(args.samples)
+        samples = read_samples(args.samples, allow_shared_files=args.allow_shared_slide_files)
         run(samples, Path(args.models_dir), Path(args.features_dir), Path(args.out_dir), settings,
             Path(args.tiles_dir) if args.tiles_dir else None)
-    except (InferError, DimensionMismatchError, SampleSheetError, DeviceError, FileNotFoundError) as err:
+    except (InferError, DimensionMismatchError, SampleSheetError, DeviceError, FileNotFoundError,
+            DamagedStoreError) as err:
         log.error("%s", err)
         return 1
     return 0

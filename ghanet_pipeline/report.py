@@ -1,7 +1,7 @@
 """The cohort report: one self-contained ``report/index.html`` of whatever the run produced.
 
 Reads the output folder only (nothing is recomputed except Kaplan-Meier curves): slide status
-records, QC thumbnails, genomics summary, cross-validation results, held-out predictions,
+records, QC thumbnails, genomics summary, cross-validation results and learning curves, held-out predictions,
 slide-only predictions, heatmaps, feature-store attributes and Snakemake benchmark files.
 Every section says plainly when its inputs are absent. Images are embedded as base64 data
 URIs; every string that came from a user (ids, reasons, paths, config values) is escaped.
@@ -124,8 +124,8 @@ def read_slide_status(out: Path) -> pd.DataFrame:
     return pd.DataFrame()
 
 
-def slide_cases(out: Path, run_config: dict | None) -> dict[str, str]:
-    """slide_id -> case_id from the run's sample sheet (per the run config), else from predictions.csv."""
+def sheet_cases(run_config: dict | None) -> dict[str, str] | None:
+    """slide_id -> case_id from the run's sample sheet (per the run config); None when unknown."""
     sheet_path = None
     if run_config:
         demo = run_config.get("demo") or {}
@@ -135,10 +135,32 @@ def slide_cases(out: Path, run_config: dict | None) -> dict[str, str]:
         try:
             from .sheet import read_samples
 
-            table = read_samples(sheet_path)
+            table = read_samples(sheet_path, allow_shared_files=bool(run_config.get("allow_shared_slide_files")))
             return dict(zip(table.slide_id, table.case_id))
         except Exception as err:  # noqa: BLE001 - case ids are a convenience here
             log.warning("cannot read the sample sheet %s for case ids: %s", sheet_path, err)
+    return None
+
+
+def run_slide_ids(run_config: dict | None) -> set[str] | None:
+    """The slides of this run (its sample sheet); None when the run config does not say."""
+    cases = sheet_cases(run_config)
+    return None if cases is None else set(cases)
+
+
+def run_model_dirs(out: Path, run_config: dict | None) -> list[Path]:
+    """``models/{model}`` folders this run made: those of its ``train.models`` (all, without a run config).
+    The report lists only what the run made, never other folders that happen to sit there."""
+    dirs = sorted(p for p in (out / "models").glob("*") if p.is_dir())
+    wanted = ((run_config or {}).get("train") or {}).get("models")
+    return dirs if wanted is None else [p for p in dirs if p.name in set(wanted)]
+
+
+def slide_cases(out: Path, run_config: dict | None) -> dict[str, str]:
+    """slide_id -> case_id from the run's sample sheet (per the run config), else from predictions.csv."""
+    cases = sheet_cases(run_config)
+    if cases is not None:
+        return cases
     mapping: dict[str, str] = {}
     predictions = out / "predictions.csv"
     if predictions.is_file():
@@ -240,8 +262,16 @@ def section_overview(out: Path, run_config: dict | None) -> Section:
     return Section("overview", "Run", body)
 
 
+def _of_this_run(frame: pd.DataFrame, slides: set[str] | None) -> pd.DataFrame:
+    """Rows of the run's own slides (all rows when the run's sheet is unknown)."""
+    if slides is None or frame.empty or "slide_id" not in frame.columns:
+        return frame
+    return frame[frame["slide_id"].astype(str).isin(slides)].reset_index(drop=True)
+
+
 def section_cohort(out: Path, run_config: dict | None = None) -> Section:
-    status = read_slide_status(out)
+    slides = run_slide_ids(run_config)
+    status = _of_this_run(read_slide_status(out), slides)
     if not status.empty and "case_id" not in status.columns:
         cases = slide_cases(out, run_config)
         if cases:
@@ -249,7 +279,7 @@ def section_cohort(out: Path, run_config: dict | None = None) -> Section:
     if status.empty:
         return Section("cohort", "Cohort: slides", absent(
             "No slide status records (status/*.json or manifest.csv): no slides were processed in this run."))
-    features = read_feature_status(out)
+    features = _of_this_run(read_feature_status(out), slides)
     frame = status.copy()
     if not features.empty:
         frame = frame.merge(features, on="slide_id", how="left")
@@ -279,14 +309,21 @@ def section_cohort(out: Path, run_config: dict | None = None) -> Section:
     else:
         parts.append(note("No slide failed."))
     parts.append("<h3>All slides</h3>")
-    cols = [c for c in ("slide_id", "case_id", "overall", "n_patches", "mpp", "mpp_source", "effective_mpp", "seconds",
-                        "reason") if c in frame.columns]
+    if "n_blurred" in frame.columns:
+        blurred = pd.to_numeric(frame["n_blurred"], errors="coerce").fillna(0)
+        if blurred.sum():
+            parts.append(note(f"{int(blurred.sum())} patches in {int((blurred > 0).sum())} slides are flagged as out of "
+                              "focus (n_blurred; magenta crosses in the QC pictures). They are kept unless "
+                              "tissue.max_blur is set."))
+    cols = [c for c in ("slide_id", "case_id", "overall", "n_patches", "n_blurred", "mpp", "mpp_source",
+                        "effective_mpp", "seconds", "reason") if c in frame.columns]
     parts.append(table(frame[cols], "slides", max_rows=500))
     return Section("cohort", "Cohort: slides", "".join(parts))
 
 
-def section_qc(out: Path, settings: ReportSettings) -> Section:
-    pngs = sorted((out / "qc").glob("*.png"))
+def section_qc(out: Path, settings: ReportSettings, run_config: dict | None = None) -> Section:
+    slides = run_slide_ids(run_config)
+    pngs = sorted(p for p in (out / "qc").glob("*.png") if slides is None or p.stem in slides)
     if not pngs:
         return Section("qc", "Tissue QC", absent("No QC thumbnails (qc/*.png) in this run."))
     shown = pngs[: settings.max_qc_thumbnails]
@@ -321,11 +358,10 @@ def section_genomics(out: Path) -> Section:
     return Section("genomics", "Genomics", "".join(parts))
 
 
-def read_cv(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_cv(out: Path, run_config: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-model summary, per-fold results) from models/*/summary.json and fold*/result.json."""
-    models_root = out / "models"
     summaries, folds = [], []
-    for model_dir in sorted(p for p in models_root.glob("*") if p.is_dir()):
+    for model_dir in run_model_dirs(out, run_config):
         model = model_dir.name
         summary = read_json(model_dir / "summary.json")
         for fold, fold_dir in fold_dirs(model_dir):
@@ -360,8 +396,122 @@ def _pm(mean: Any, std: Any) -> str:
         return "n/a"
 
 
-def section_cv(out: Path) -> Section:
-    summaries, folds = read_cv(out)
+# Columns of a fold's metrics.csv (train.py); older runs have fewer, and any may be absent.
+CURVE_COLUMNS = ("epoch", "loss", "nll", "recon", "val_loss", "val_cindex", "train_cindex", "lr", "seconds")
+
+
+def read_curves(model_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Every fold's ``metrics.csv`` stacked (``fold`` added; missing columns absent, not invented),
+    and a note per fold that has none or an unreadable one."""
+    frames, notes = [], []
+    for fold, fold_dir in fold_dirs(model_dir):
+        path = fold_dir / "metrics.csv"
+        if not path.is_file():
+            notes.append(f"fold {fold}: no metrics.csv (an older run, or training has not started)")
+            continue
+        try:
+            frame = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            notes.append(f"fold {fold}: metrics.csv is not readable ({type(err).__name__}: {err})")
+            continue
+        known = [c for c in CURVE_COLUMNS if c in frame.columns]
+        frame = frame[known].apply(pd.to_numeric, errors="coerce")
+        if "epoch" not in frame.columns:
+            frame["epoch"] = np.arange(1, len(frame) + 1)
+        frame = frame.dropna(subset=["epoch"])
+        if frame.empty:
+            notes.append(f"fold {fold}: metrics.csv has no epochs")
+            continue
+        frame["fold"] = fold
+        frames.append(frame)
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
+
+
+# panel title -> [(column, label, line style)]: a panel is drawn when any of its columns has numbers
+CURVE_PANELS: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
+    # val_loss is the survival NLL alone: compare it with the training NLL, not the total loss.
+    ("loss", (("loss", "training loss (NLL + recon.)", "-"), ("val_loss", "validation NLL", "--"),
+              ("nll", "training NLL", ":"))),
+    ("c-index", (("val_cindex", "validation c-index", "-"), ("train_cindex", "training c-index", "--"))),
+    ("learning rate", (("lr", "learning rate", "-"),)),
+)
+
+
+def _has_numbers(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame.columns and bool(np.isfinite(frame[column].to_numpy(dtype=float)).any())
+
+
+def plot_curves(curves: pd.DataFrame, title: str) -> bytes:
+    """A PNG: per panel, each fold as a thin line and the mean over folds per epoch as a thick one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(name, [s for s in series if _has_numbers(curves, s[0])]) for name, series in CURVE_PANELS]
+    panels = [(name, series) for name, series in panels if series]
+    colours = ("#1f77b4", "#d62728", "#2ca02c")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), dpi=100, squeeze=False)
+    try:
+        for ax, (name, series) in zip(axes[0], panels):
+            for colour, (column, label, style) in zip(colours, series):
+                for _, fold in curves.groupby("fold"):
+                    fold = fold.sort_values("epoch")
+                    ax.plot(fold["epoch"], fold[column], style, color=colour, alpha=0.3, linewidth=0.9)
+                # The mean at an epoch is over the folds that reached it (NaN cells skipped).
+                mean = curves.groupby("epoch")[column].mean().dropna()
+                # A series recorded at a few epochs only (train c-index: the last) needs markers to show.
+                marker = "o" if len(mean) < 3 else None
+                ax.plot(mean.index, mean.to_numpy(), style, color=colour, linewidth=2.2, marker=marker,
+                        label=f"{label} (mean)")
+            if name == "c-index":
+                ax.axhline(0.5, color="#888", linewidth=0.8, linestyle=":")
+            if name == "learning rate" and (curves["lr"] > 0).all():
+                ax.set_yscale("log")
+            ax.set_title(name, fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def learning_curves(out: Path, run_config: dict | None = None) -> str:
+    """HTML of each model's learning curves (the training loop's per-epoch metrics.csv)."""
+    model_dirs = run_model_dirs(out, run_config)
+    parts = []
+    for model_dir in model_dirs:
+        curves, notes = read_curves(model_dir)
+        parts.append(f"<h4>{esc(model_dir.name)}</h4>")
+        try:
+            if curves.empty or not any(_has_numbers(curves, s[0]) for _, series in CURVE_PANELS for s in series):
+                parts.append(absent(f"No per-epoch metrics for {model_dir.name}."))
+            else:
+                n_folds = curves["fold"].nunique()
+                caption = f"{model_dir.name}: {n_folds} fold(s), thin lines per fold, thick lines the mean over folds"
+                parts.append(figure(data_uri_png(plot_curves(curves, model_dir.name)), caption, "wide"))
+                missing = [c for c in ("loss", "val_loss", "val_cindex") if not _has_numbers(curves, c)]
+                if missing:
+                    notes.append(f"not recorded in this run: {', '.join(missing)}")
+        except Exception as err:  # noqa: BLE001 - the curves must not take the table down with them
+            log.exception("learning curves of %s", model_dir.name)
+            parts.append(absent(f"Learning curves of {model_dir.name} could not be drawn: {type(err).__name__}: {err}"))
+        parts.extend(note(n) for n in notes)
+    if not parts:
+        return ""
+    return "<h3>Learning curves</h3>" + note(
+        "Per epoch, from each fold's metrics.csv: training loss (survival NLL plus the reconstruction term) and its "
+        "NLL part, validation NLL and c-index on the held-out fold, learning rate."
+    ) + "".join(parts)
+
+
+def section_cv(out: Path, run_config: dict | None = None) -> Section:
+    summaries, folds = read_cv(out, run_config)
     if summaries.empty and folds.empty:
         return Section("cv", "Cross-validation", absent("No models trained in this run (models/ is empty or absent)."))
     parts = [note("Harrell's c-index on each held-out fold. 'final' is the last-epoch model (the honest protocol); "
@@ -371,6 +521,7 @@ def section_cv(out: Path) -> Section:
         parts.append(absent("No models/*/summary.json yet (summarize has not run)."))
     else:
         parts.append(table(summaries, "cv"))
+    parts.append(learning_curves(out, run_config))
     if not folds.empty:
         parts.append("<h3>Per fold</h3>")
         parts.append(table(folds, "small"))
@@ -402,11 +553,10 @@ def held_out_groups(model_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
 
 
-def section_km(out: Path) -> Section:
+def section_km(out: Path, run_config: dict | None = None) -> Section:
     from . import km
 
-    models_root = out / "models"
-    model_dirs = sorted(p for p in models_root.glob("*") if p.is_dir())
+    model_dirs = run_model_dirs(out, run_config)
     if not model_dirs:
         return Section("km", "Kaplan-Meier: held-out risk groups", absent("No models trained in this run: no curves."))
     parts = [note("Each patient appears once, in the fold where it was held out; within each fold it is called "
@@ -457,9 +607,11 @@ def section_predictions(out: Path, run_config: dict | None = None) -> Section:
     return Section("predictions", "Slide-only predictions", "".join(parts))
 
 
-def section_heatmaps(out: Path, settings: ReportSettings) -> Section:
+def section_heatmaps(out: Path, settings: ReportSettings, run_config: dict | None = None) -> Section:
     folder = out / "heatmaps"
-    maps = sorted(p for p in folder.glob("*.png") if not p.stem.endswith("_topk"))
+    slides = run_slide_ids(run_config)
+    maps = sorted(p for p in folder.glob("*.png")
+                  if not p.stem.endswith("_topk") and (slides is None or p.stem in slides))
     if not maps:
         return Section("heatmaps", "Attention heatmaps", absent("No heatmaps (heatmaps/*.png) in this run."))
     shown = maps[: settings.max_heatmaps]
@@ -592,12 +744,12 @@ def build_report(out: Path, settings: ReportSettings, run_config: dict | None = 
     builders: list[tuple[str, Callable[[], Section]]] = [
         ("overview", lambda: section_overview(out, run_config)),
         ("cohort", lambda: section_cohort(out, run_config)),
-        ("qc", lambda: section_qc(out, settings)),
+        ("qc", lambda: section_qc(out, settings, run_config)),
         ("genomics", lambda: section_genomics(out)),
-        ("cv", lambda: section_cv(out)),
-        ("km", lambda: section_km(out)),
+        ("cv", lambda: section_cv(out, run_config)),
+        ("km", lambda: section_km(out, run_config)),
         ("predictions", lambda: section_predictions(out, run_config)),
-        ("heatmaps", lambda: section_heatmaps(out, settings)),
+        ("heatmaps", lambda: section_heatmaps(out, settings, run_config)),
         ("parameters", lambda: section_parameters(out, run_config)),
         ("timings", lambda: section_timings(out)),
     ]

@@ -172,3 +172,22 @@ def test_predictions_say_where_the_models_came_from(full_run):
                                                                              "models_dir": "/earlier/models"}}),
                     "predictions")
     assert "from an earlier run: /earlier/models" in other and "in-sample" not in other
+
+
+def test_report_lists_only_what_the_run_made(full_run, tmp_path):
+    """Folders that sit in the output folder but that this run's config did not make stay out."""
+    import shutil
+
+    root = tmp_path / "run"
+    shutil.copytree(full_run.root, root)
+    (root / "models" / "mymodel" / "fold0").mkdir(parents=True)
+    (root / "models" / "mymodel" / "summary.json").write_text(json.dumps({"cindex_final_mean": 0.99}))
+    (root / "status" / "other.json").write_text(json.dumps({"slide_id": "other", "status": "ok"}))
+    (root / "qc").mkdir(exist_ok=True)
+    (root / "qc" / "other.png").write_bytes(b"not shown")
+    config = {"output_dir": str(root), "samples": str(full_run.samples_csv), "train": {"models": ["ghanet"]}}
+    assert cli.main(["report", "--out-dir", str(root), "--run-config", json.dumps(config)]) == 0
+    page = (root / "report" / "index.html").read_text(encoding="utf-8")
+    assert "mymodel" not in page and "0.99" not in page
+    assert ">other<" not in page and "other.png" not in page
+    assert "S-single" in section(page, "cohort") and "ghanet" in section(page, "cv")
