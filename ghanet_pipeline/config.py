@@ -69,6 +69,74 @@ def validate(raw: Mapping[str, Any], schema: str | dict = "config") -> dict:
     return data
 
 
+# ----------------------------------------------------------------------------- command-line overrides
+# Snakemake parses `--config key=value` with int/float/bool parsers and then YAML's BaseLoader, so a
+# nested value (`demo='{"enabled": false}'`), `null` and numbers inside mappings arrive as strings.
+# Coercing by the schema's types before validation makes `--config` mean what a --configfile means.
+
+NULL_WORDS = frozenset({"null", "~", "none", ""})
+TRUE_WORDS = frozenset({"true", "yes", "on"})
+FALSE_WORDS = frozenset({"false", "no", "off"})
+
+
+def _types(schema: Mapping[str, Any]) -> list[str]:
+    kind = schema.get("type", [])
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
+def _coerce_scalar(value: str, types: list[str], where: str) -> Any:
+    text = value.strip()
+    if "null" in types and text.lower() in NULL_WORDS:
+        return None
+    if "string" in types:
+        return value
+    if "boolean" in types:
+        if text.lower() in TRUE_WORDS:
+            return True
+        if text.lower() in FALSE_WORDS:
+            return False
+    if "integer" in types:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    if "number" in types:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    if "array" in types or "object" in types:
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"'{where}': {value!r} is not a valid {' or '.join(types)} ({err})") from err
+    raise ConfigError(f"'{where}': {value!r} is not of type {' or '.join(types)}")
+
+
+def coerce(value: Any, schema: Mapping[str, Any], where: str = "") -> Any:
+    """``value`` with strings turned into the types ``schema`` asks for (null, booleans, integers,
+    numbers, lists, nested sections); values already of a right type are returned unchanged.
+    A string that fits none of the types is a ConfigError naming the key and the expected type."""
+    types = _types(schema)
+    if isinstance(value, str) and types and "string" not in types:
+        value = _coerce_scalar(value, types, where or "(top level)")
+    elif isinstance(value, str) and "null" in types and value.strip().lower() in NULL_WORDS:
+        value = None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and types == ["string"]:
+        value = str(value)  # `--config output_dir=2024` arrives as an int
+    if isinstance(value, dict) and "properties" in schema:
+        props = schema["properties"]
+        return {k: coerce(v, props[k], f"{where}.{k}" if where else k) if k in props else v for k, v in value.items()}
+    if isinstance(value, list) and "items" in schema:
+        return [coerce(v, schema["items"], f"{where}.{i}") for i, v in enumerate(value)]
+    return value
+
+
+def coerce_overrides(raw: Mapping[str, Any]) -> dict:
+    """The whole config coerced to the config schema's types (what the Snakefile validates)."""
+    return coerce(copy.deepcopy(dict(raw)), load_schema("config"))
+
+
 def read_yaml(path: str | Path) -> dict:
     """Safe YAML only: tags such as !!python/object are refused."""
     try:
@@ -126,6 +194,7 @@ class TissueSettings:
     target_mpp: float
     patch_size: int
     overlap: float
+    max_patches_per_slide: int
     min_tissue_fraction: float
     mpp_tolerance: float
     default_slide_mpp: float | None
@@ -137,6 +206,12 @@ class TissueSettings:
     min_hole_area_um2: float
     remove_pen: bool
     remove_debris: bool
+    edge_patches: bool
+    max_artifact_fraction: float | None
+    fill_min_new_tissue: float | None
+    fill_max_overlap: float
+    quality_mpp: float | None
+    max_blur: float | None
 
 
 @dataclass(frozen=True)
@@ -150,6 +225,9 @@ class FeatureSettings:
     device: str
     precision: str
     skip_bad_patches: bool
+    import_dir: str | None
+    import_format: str
+    slides_per_job: int
 
 
 @dataclass(frozen=True)
@@ -175,6 +253,7 @@ class TrainSettings:
     max_patches: int | None
     seed: int
     device: str
+    precision: str
     cache_gb: float | None
 
 
@@ -213,6 +292,7 @@ class Config:
     signatures: str | None
     splits_dir: str | None
     strict: bool
+    allow_shared_slide_files: bool
     demo: DemoSettings
     tissue: TissueSettings
     features: FeatureSettings

@@ -11,8 +11,16 @@ log = logging.getLogger(__name__)
 
 
 def risk_from_survival(survival: np.ndarray) -> np.ndarray:
-    """risk = -sum(S) over the bins: higher risk, shorter expected survival."""
-    return -np.asarray(survival, dtype=float).sum(axis=-1)
+    """risk = -sum(S) over the bins: higher risk, shorter expected survival.
+
+    Keeps the input's floating dtype (float32 curves give float32 risks), so training's stored
+    median risk and inference's risks are the same numbers for the same patient and model:
+    every risk in the pipeline comes from here (docs/contracts.md, "risk and risk_group").
+    """
+    survival = np.asarray(survival)
+    if not np.issubdtype(survival.dtype, np.floating):
+        survival = survival.astype(np.float64)
+    return -survival.sum(axis=-1)
 
 
 def concordance_index(risk, survival_months, censorship) -> float:

@@ -26,7 +26,7 @@ def test_dry_run_shows_every_stage(tmp_path):
     assert counts["demo_cohort"] == 1
     assert counts["tissue"] == n_slides and counts["features"] == n_slides
     assert counts["genomics"] == 1
-    assert counts["train"] == 2 * 2  # 2 models x 2 folds
+    assert counts["train_fold"] == 2 * 2 and counts["train"] == 2  # 2 models x 2 folds, a summary each
     assert counts["infer"] == 1 and counts["report"] == 1
     assert not (tmp_path / "demo_data").exists(), "a dry run must not write anything"
 
@@ -42,17 +42,22 @@ def test_config_typo_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists() and not (tmp_path / "demo_data").exists()
 
 
-def test_genomics_only_run_has_no_slide_jobs(tmp_path, shared_data):
-    genomics = shared_data / "genomics"
+def test_genomics_only_run_has_no_slide_jobs(tmp_path):
+    from ghanet_pipeline import demo
+
+    # a genomics table, its gene families and 5 fixed folds, as the MCAT benchmark ships them
+    genomics = tmp_path / "genomics_data"
+    slides = demo.plan(20, 4, genomics)
+    demo.write_tables(genomics, 20, 4, 5, {slide_id: 0.0 for slide_id in slides.slide_id})
     tiny_demo_config(
         tmp_path,
         demo={"enabled": False},
         samples=None,
-        cohort_table=str(genomics / "tcga_ucec_all_clean.csv.zip"),
+        cohort_table=str(genomics / "cohort.csv"),
         signatures=str(genomics / "signatures.csv"),
-        splits_dir=str(genomics / "splits" / "tcga_ucec"),
+        splits_dir=str(genomics / "splits"),
         train={"models": ["snn"]},
     )
     counts = _job_counts(snakemake(tmp_path, "-n", "--cores", "1").stdout)
-    assert counts["train"] == 5 and counts["genomics"] == 1
+    assert counts["train_fold"] == 5 and counts["genomics"] == 1
     assert "tissue" not in counts and "features" not in counts and "infer" not in counts

@@ -4,11 +4,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from ghanet_pipeline import folds, sheet
+from ghanet_pipeline import folds, run_folder, sheet
 from ghanet_pipeline.config import section_json
+from ghanet_pipeline.encoder_names import UnknownEncoderError, check_encoder_name
+from ghanet_pipeline.model_names import SLIDE_MODELS
 from ghanet_pipeline.paths import encoder_dirname
 
 OUT = Path(config["output_dir"])
+try:  # refuse / , system folders and other people's files before any job starts
+    run_folder.check(OUT)
+except run_folder.RunFolderError as err:
+    raise WorkflowError(str(err)) from None
 DEMO = config["demo"]
 DEMO_DIR = Path(DEMO["dir"])
 
@@ -34,7 +40,10 @@ def _load_samples():
 
         table = demo.plan(DEMO["patients"], DEMO["seed"], DEMO_DIR)
     else:
-        table = sheet.read_samples(SAMPLES_CSV)
+        try:
+            table = sheet.read_samples(SAMPLES_CSV, allow_shared_files=config["allow_shared_slide_files"])
+        except sheet.SampleSheetError as err:
+            raise WorkflowError(str(err)) from None
     validate(table, "../schemas/samples.schema.yaml")
     return table.set_index("slide_id", drop=False)
 
@@ -44,15 +53,35 @@ SLIDES = list(SAMPLES["slide_id"])
 HAS_SLIDES = len(SLIDES) > 0
 HAS_GENOMICS = COHORT_TABLE is not None
 ENCODER_DIR = encoder_dirname(config["features"]["encoder"])
+# Features made elsewhere (CLAM/TRIDENT .h5): `import_features` replaces tissue and features, and
+# features.encoder is then only the name recorded for them.
+IMPORTED = bool(config["features"]["import_dir"])
+if HAS_SLIDES and not IMPORTED:  # before any job: otherwise only the first features job (after tissue) would say so
+    try:
+        check_encoder_name(config["features"]["encoder"])
+    except UnknownEncoderError as err:
+        raise WorkflowError(str(err)) from None
+# jobs that read the sample sheet again (genomics, infer) accept what the config accepts
+SHARED_FILES_FLAG = " --allow-shared-slide-files" if config["allow_shared_slide_files"] else ""
 STRICT_FLAG = "--strict" if config["strict"] else ""
 
-SLIDE_MODELS = {"ghanet", "ghanet_norecon", "abmil"}
-MODELS = list(config["train"]["models"]) if HAS_GENOMICS else []
-if not HAS_SLIDES and set(MODELS) & SLIDE_MODELS:
-    raise WorkflowError(
-        f"train.models {sorted(set(MODELS) & SLIDE_MODELS)} need slides but 'samples' is empty or unset; "
-        "set 'samples', or use train.models: [snn] for a genomics-only run"
-    )
+NO_SLIDES_FIX = "set 'samples' to a sample sheet (slide_id, case_id, path) to train them"
+
+
+def trained_models():
+    """train.models that this run can train: without slides, the slide models are skipped with one
+    warning (a genomics-only table then needs no edit of train.models)."""
+    if not HAS_GENOMICS:
+        return []
+    wanted = list(config["train"]["models"])
+    skipped = [m for m in wanted if m in SLIDE_MODELS] if not HAS_SLIDES else []
+    if skipped:
+        logger.warning(f"No slides ('samples' is empty or unset): skipping the slide models {', '.join(skipped)} "
+                       f"of train.models; {NO_SLIDES_FIX}.")
+    return [m for m in wanted if m not in skipped]
+
+
+MODELS = trained_models()
 
 
 def n_folds():
@@ -76,6 +105,16 @@ def settings(stage):
 
 def slide_path(wildcards):
     return SAMPLES.loc[wildcards.slide, "path"]
+
+
+def slide_manifest():
+    """manifest.csv of the tissue stage: what genomics and infer read, unless features were imported."""
+    return str(OUT / "manifest.csv") if HAS_SLIDES and not IMPORTED else []
+
+
+def feature_store(slide):
+    """A slide's feature store (features.smk: the outputs of a shard of slides)."""
+    return str(OUT / "features" / ENCODER_DIR / f"{slide}.zarr")
 
 
 def slide_mpp_arg(wildcards):
@@ -104,7 +143,7 @@ def models_dir_for_inference():
 
 def all_targets():
     targets = []
-    if HAS_SLIDES:
+    if HAS_SLIDES and not IMPORTED:
         targets.append(str(OUT / "manifest.csv"))
         targets += expand(str(OUT / "features" / ENCODER_DIR / "{slide}.zarr"), slide=SLIDES)
     if HAS_GENOMICS:
@@ -125,6 +164,11 @@ FEATURES_DIR = OUT / "features" / ENCODER_DIR
 
 
 def train_inputs(wildcards):
+    if wildcards.model in SLIDE_MODELS and not HAS_SLIDES:
+        raise WorkflowError(
+            f"model {wildcards.model} needs slides but 'samples' is empty or unset; {NO_SLIDES_FIX}, "
+            "or ask for a genomics-only model (train.models: [snn])"
+        )
     inputs = {
         "summary": str(OUT / "genomics" / "summary.json"),
         "targets": str(OUT / "genomics" / f"fold{wildcards.fold}" / "targets.json"),
@@ -147,7 +191,7 @@ def infer_model_inputs(wildcards):
 # (report.smk) 
 def report_inputs(wildcards):
     inputs = [t for t in all_targets() if not t.endswith("index.html")]
-    if HAS_SLIDES:
+    if HAS_SLIDES and not IMPORTED:
         inputs += expand(str(OUT / "qc" / "{slide}.png"), slide=SLIDES)
     return inputs
 

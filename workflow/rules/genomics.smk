@@ -4,7 +4,7 @@ if HAS_GENOMICS:
     rule genomics:
         input:
             demo_outputs(),
-            manifest=str(OUT / "manifest.csv") if HAS_SLIDES else [],
+            manifest=slide_manifest(),
         output:
             summary=str(OUT / "genomics" / "summary.json"),
             patients=str(OUT / "genomics" / "patients.csv"),
@@ -15,7 +15,7 @@ if HAS_GENOMICS:
             signatures=f"--signatures {SIGNATURES}" if SIGNATURES else "",
             splits=f"--splits-dir {SPLITS_DIR}" if SPLITS_DIR else "",
             samples=f"--samples {SAMPLES_CSV}" if HAS_SLIDES else "",
-            manifest=f"--manifest {OUT / 'manifest.csv'}" if HAS_SLIDES else "",
+            manifest=f"--manifest {slide_manifest()}" if slide_manifest() else "",
             settings=settings("genomics"),
         log:
             logfile("genomics", "genomics"),
@@ -31,4 +31,4 @@ if HAS_GENOMICS:
         shell:
             "ghanet genomics --cohort-table {params.table:q} {params.signatures} {params.splits}"
             " {params.samples} {params.manifest} --out-dir {params.out_dir}"
-            " --settings {params.settings:q} > {log} 2>&1"
+            f" --settings {{params.settings:q}}{SHARED_FILES_FLAG} > {{log}} 2>&1"

@@ -3,7 +3,7 @@
 rule infer:
     input:
         models=infer_model_inputs,
-        manifest=str(OUT / "manifest.csv"),
+        manifest=slide_manifest(),
         features=expand(str(OUT / "features" / ENCODER_DIR / "{slide}.zarr"), slide=SLIDES),
     output:
         predictions=report(str(OUT / "predictions.csv"), category="Predictions", caption="../report/predictions.rst"),
@@ -32,4 +32,4 @@ rule infer:
     shell:
         "ghanet infer --models-dir {params.models_dir:q} --samples {params.samples:q}"
         " --out-dir {params.out_dir} --features-dir {params.features_dir}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        f" --settings {{params.settings:q}}{SHARED_FILES_FLAG} > {{log}} 2>&1"

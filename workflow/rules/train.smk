@@ -1,8 +1,9 @@
-# Stage 4: one job per model and fold; then one summary per model.
+# Stage 4: one job per model and fold (train_fold); then the model's summary (train), so
+# `--until train` ends with every model's summary.json. `--forcerun train_fold` retrains.
 
 if MODELS:
 
-    rule train:
+    rule train_fold:
         input:
             unpack(train_inputs),
         output:
@@ -23,6 +24,8 @@ if MODELS:
         resources:
             mem_mb=8000,
             runtime=120,
+            # `--resources gpu=N`: at most N GPU jobs at once, each claims its own GPU (devices.py)
+            gpu=0 if config["train"]["device"] == "cpu" else 1,
         conda:
             "../../envs/train.yaml"
         shell:
@@ -31,7 +34,7 @@ if MODELS:
             " --out {params.out_dir}"
             " --settings {params.settings:q} > {log} 2>&1"
 
-    rule summarize:
+    rule train:
         input:
             expand(str(OUT / "models" / "{{model}}" / "fold{fold}" / "result.json"), fold=FOLDS),
         output:

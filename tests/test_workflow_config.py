@@ -1,0 +1,102 @@
+"""The workflow's front door: the default profile loads, `--config` overrides mean what a configfile
+means, and a genomics-only table runs with the default `train.models`."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pytest
+
+from test_genomics_inputs import cohort, write_signatures
+from workflow_util import snakemake, tiny_demo_config
+
+
+def _dry_run_shell(stdout: str, command: str) -> list[str]:
+    """Every planned shell command that starts with ``command`` (printshellcmds is on in the profile)."""
+    lines = (line.strip().removeprefix("Shell command:").strip() for line in stdout.splitlines())
+    return [line for line in lines if line.startswith(command)]
+
+
+def _run_config(stdout: str) -> dict:
+    """The effective config, as the report rule receives it (``--run-config JSON``)."""
+    (line,) = _dry_run_shell(stdout, "ghanet report")
+    words = shlex.split(line)
+    return json.loads(words[words.index("--run-config") + 1])
+
+
+def test_plain_snakemake_uses_the_default_profile(tmp_path):
+    tiny_demo_config(tmp_path)
+    result = snakemake(tmp_path, "-n")
+    assert "Using workflow specific profile" in result.stdout + result.stderr
+    assert re.search(r"profiles/default\b", result.stdout + result.stderr)
+    # The profile's printshellcmds is what makes the shell commands appear in a dry run.
+    assert _dry_run_shell(result.stdout, "ghanet tissue")
+
+
+def test_config_overrides_are_typed_like_a_configfile(tmp_path):
+    tiny_demo_config(tmp_path)
+    overrides = ["samples=null", 'demo={"enabled": false}', 'tissue={"patch_size": 512, "target_mpp": 0.25}',
+                 'train={"models": [snn], "epochs": 3}', "strict=true", 'infer={"fold": null}']
+    from_cli = _run_config(snakemake(tmp_path, "-n", "--config", *overrides).stdout)
+
+    same_file = tmp_path / "as_file"
+    same_file.mkdir()
+    tiny_demo_config(same_file, samples=None, demo={"enabled": False}, strict=True, infer={"fold": None},
+                     tissue={"patch_size": 512, "target_mpp": 0.25}, train={"models": ["snn"], "epochs": 3})
+    from_file = _run_config(snakemake(same_file, "-n").stdout)
+
+    assert from_cli == from_file
+    assert from_cli["samples"] is None and from_cli["demo"]["enabled"] is False and from_cli["strict"] is True
+    assert from_cli["tissue"]["patch_size"] == 512 and from_cli["tissue"]["target_mpp"] == 0.25
+    assert from_cli["train"]["models"] == ["snn"] and from_cli["train"]["epochs"] == 3
+    assert from_cli["infer"]["fold"] is None
+
+
+@pytest.mark.parametrize("override, named", [
+    ('tissue={"patch_size": "big"}', "tissue.patch_size"),
+    ("strict=maybe", "strict"),
+])
+def test_a_config_override_that_cannot_be_typed_names_key_and_type(tmp_path, override, named):
+    tiny_demo_config(tmp_path)
+    result = snakemake(tmp_path, "-n", "--config", override, check=False)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert named in log and ("integer" in log or "boolean" in log), log[-2000:]
+
+
+def _genomics_only(tmp_path):
+    table = tmp_path / "cohort.csv"
+    cohort().to_csv(table, index=False)
+    tiny_demo_config(tmp_path, demo={"enabled": False}, samples=None, cohort_table=str(table),
+                     signatures=str(write_signatures(tmp_path)), genomics={"n_folds": 3, "n_bins": 2},
+                     train={"epochs": 1, "grad_accum": 4, "models": ["ghanet", "ghanet_norecon", "abmil", "snn"]})
+
+
+def test_genomics_only_table_with_default_models_skips_slide_models_once(tmp_path):
+    _genomics_only(tmp_path)
+    result = snakemake(tmp_path, "-n", "--until", "genomics")
+    assert "skipping the slide models ghanet, ghanet_norecon, abmil" in result.stdout + result.stderr
+    assert "genomics" in result.stdout and "train_fold" not in result.stdout
+
+    result = snakemake(tmp_path, "-n")
+    planned = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", result.stdout, flags=re.M))
+    assert planned["train_fold"] == "3" and planned["train"] == "1"  # snn only: 3 folds, one summary
+    assert "tissue" not in planned and "infer" not in planned
+
+
+def test_slide_model_asked_for_without_slides_fails_clearly(tmp_path):
+    _genomics_only(tmp_path)
+    result = snakemake(tmp_path, "-n", "results/models/abmil/fold0/result.json", check=False)
+    assert result.returncode != 0
+    assert "model abmil needs slides but 'samples' is empty or unset" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_until_train_ends_with_each_model_summary(tmp_path):
+    _genomics_only(tmp_path)
+    snakemake(tmp_path, "--cores", "2", "--until", "train")
+    summary = json.loads((tmp_path / "results" / "models" / "snn" / "summary.json").read_text())
+    assert summary["folds"] == [0, 1, 2]
+    assert not (tmp_path / "results" / "report").exists(), "--until train stops before the report"
