@@ -336,9 +336,26 @@ def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+class DiskFullError(OSError):
+    """A checkpoint could not be written for lack of space; knows the file and the model's size."""
+
+    def __init__(self, path: Path, weights_bytes: int) -> None:
+        super().__init__(f"disk full while writing {path}")
+        self.path = path
+        self.weights_bytes = weights_bytes
+
+
 def save_torch(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    from .store import is_disk_full
+
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as err:  # torch's zip writer says "unexpected pos", naming no file
+        if not is_disk_full(err):
+            raise
+        weights = sum(t.numel() * t.element_size() for t in (obj.get("state_dict") or {}).values())
+        raise DiskFullError(Path(path), weights) from err
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -431,8 +448,6 @@ def _finish_best(model_name: str, spec: RunSpec, cohort: Cohort, device: torch.d
     model.load_state_dict(ckpt["state_dict"])
     survival = predict(model.to(device), cohort.train, cohort.bags, device, settings.precision)
     save_torch({**ckpt, "train_median_risk": float(np.median(risk_from_survival(survival)))}, path)
-
-
 
 
 def train_fold(
@@ -603,31 +618,15 @@ def add_arguments_train(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser)
 
 
-_WRITERS = ("save_torch", "write_json", "write_text", "write_metrics", "write_predictions")
-
-
 def _disk_full_message(err: BaseException, out: Path, model_name: str) -> str:
-    """What a full disk during training means: the file, the space a fold needs, the filesystem.
+    """What a full disk during training means: the file, the space a fold needs, the file system.
 
-    The file and the model come from the failing call's frames (``save_torch(obj, path)``,
-    ``train_fold``'s ``model``): torch's zip writer names neither. The sizes follow from the
-    model's parameters: a checkpoint holds the weights (W), ``resume.pt`` the weights plus
-    Adam's two moment buffers (3 W).
+    A checkpoint holds the weights (W), ``resume.pt`` the weights plus Adam's two moment buffers (3 W).
     """
     from .store import disk_space_mb, mount_point
 
-    path: Any = getattr(err, "filename", None)
-    weights = 0
-    tb = err.__traceback__
-    while tb is not None:
-        frame = tb.tb_frame
-        if frame.f_code.co_name in _WRITERS and "path" in frame.f_locals:
-            path = frame.f_locals["path"]
-        model = frame.f_locals.get("model") if frame.f_code.co_name == "train_fold" else None
-        if isinstance(model, torch.nn.Module):
-            weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        tb = tb.tb_next
-    path = Path(path) if path else out
+    path = getattr(err, "path", None) or getattr(err, "filename", None) or out
+    weights = getattr(err, "weights_bytes", 0)
     mount = mount_point(out)
     free, total = disk_space_mb(out)
     if weights:
