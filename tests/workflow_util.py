@@ -18,6 +18,9 @@ def tiny_demo_config(workdir: Path, **sections) -> Path:
         "output_dir": "results",
         "demo": {"enabled": True, "patients": 6, "seed": 3, "dir": "demo_data"},
         "features": {"batch_size": 16, "num_workers": 0},
+        # The workflow tests test the workflow: no gap-filling patches and no blur scores, which
+        # the tissue tests cover and which would double the patches every stage has to carry.
+        "tissue": {"fill_min_new_tissue": None, "quality_mpp": None},
         "train": {"models": ["ghanet", "snn"], "epochs": 2, "grad_accum": 4},
         "genomics": {"n_folds": 2, "n_bins": 2},  # a tiny cohort has few events
     }
