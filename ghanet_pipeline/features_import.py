@@ -235,14 +235,14 @@ def import_dir(
         check_slide_id(slide_id)
         if slide_id in files:
             item = read_h5(files[slide_id], fmt, dim)
+            if dtype == "float16" and np.abs(item.features).max(initial=0) > np.finfo(np.float16).max:
+                raise FeatureImportError(f"{item.path}: values beyond the float16 range; import with --dtype float32")
             dim = dim or int(item.features.shape[1])
             read.append(item)
     assert dim is not None
     out = Path(out)
     status: dict[str, str] = {}
     for item in read:
-        if dtype == "float16" and np.abs(item.features).max(initial=0) > np.finfo(np.float16).max:
-            raise FeatureImportError(f"{item.path}: values beyond the float16 range; import with --dtype float32")
         write_store(out, item, encoder, dtype, fmt)
         status[item.slide_id] = "ok"
         log.info("%s: %d x %d from %s", item.slide_id, *item.features.shape, item.path)
