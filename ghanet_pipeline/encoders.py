@@ -345,15 +345,10 @@ def find_resnet50_weights() -> Path | None:
 
 
 def _hf_cached_file(repo_id: str) -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    for filename in HF_WEIGHT_FILES:
-        found = try_to_load_from_cache(repo_id, filename)
-        if isinstance(found, str) and Path(found).is_file():
-            return Path(found)
-    return None
+    """A weights file of ``repo_id`` in the local Hugging Face cache (the presets' own lookup)."""
+    from .encoder_presets import find_cached
+
+    return find_cached(repo_id, HF_WEIGHT_FILES)
 
 
 def _build_resnet50_trunc(weights: str, allow_download: bool) -> Encoder:
