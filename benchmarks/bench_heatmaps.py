@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ghanet_pipeline import heatmaps
+from ghanet_pipeline.inference import heatmaps
 from ghanet_pipeline.model import build_model, model_config
 
 

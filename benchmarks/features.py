@@ -32,8 +32,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ghanet_pipeline import store, synthetic  # noqa: E402
 from ghanet_pipeline.config import stage_settings  # noqa: E402
+from ghanet_pipeline.io import store  # noqa: E402
+from ghanet_pipeline.slides import synthetic
 
 log = logging.getLogger("bench.features")
 
@@ -88,7 +89,11 @@ def write_tiles(path: Path, slide: Path, width: int, height: int, read_px: int, 
 def bench_reader(slide: Path, tiles: Path, workers: list[int], batch: int) -> dict:
     import openslide
 
-    from ghanet_pipeline.patch_reader import grid_from_store, iterate_batches, read_patch_naive
+    from ghanet_pipeline.slides.patch_reader import (
+        grid_from_store,
+        iterate_batches,
+        read_patch_naive,
+    )
 
     grid = grid_from_store(store.open_store(tiles), slide)
     n = len(grid)
@@ -113,7 +118,7 @@ def reader_path(slide: Path) -> str:
     """Which path the block reader takes for level 0 of ``slide``: decoded JPEG tiles or OpenSlide."""
     import openslide
 
-    from ghanet_pipeline.patch_reader import select_tile_reader
+    from ghanet_pipeline.slides.patch_reader import select_tile_reader
 
     with openslide.OpenSlide(str(slide)) as handle:
         tiles = select_tile_reader(str(slide), handle, 0)
@@ -129,8 +134,8 @@ def reader_path(slide: Path) -> str:
 def bench_efficiency(slide: Path, tiles: Path, out_dir: Path, batch: int, workers: int, repeats: int) -> dict:
     import torch
 
-    from ghanet_pipeline.encoders import build_encoder
-    from ghanet_pipeline.features import configure_threads, extract
+    from ghanet_pipeline.features.encoders import build_encoder
+    from ghanet_pipeline.features.extract import configure_threads, extract
 
     configure_threads()
     settings = stage_settings(

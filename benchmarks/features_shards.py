@@ -30,7 +30,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ghanet_pipeline import store, synthetic  # noqa: E402
+from ghanet_pipeline.io import store  # noqa: E402
+from ghanet_pipeline.slides import synthetic
 
 log = logging.getLogger("bench.features_shards")
 

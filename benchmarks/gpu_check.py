@@ -28,7 +28,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ghanet_pipeline import store, synthetic  # noqa: E402
+from ghanet_pipeline.io import store  # noqa: E402
+from ghanet_pipeline.slides import synthetic
 
 ENCODERS = ("efficientnet_lite0", "resnet50_trunc")
 
@@ -112,8 +113,8 @@ def end_to_end(encoder: str, slide: Path, tiles: Path, n: int, root: Path, util:
                workers: int) -> dict:
     import torch
 
-    from ghanet_pipeline.encoders import build_encoder
-    from ghanet_pipeline.features import extract
+    from ghanet_pipeline.features.encoders import build_encoder
+    from ghanet_pipeline.features.extract import extract
 
     settings = features_settings(encoder, batch, workers)
     enc = build_encoder(encoder, "random", False).to(torch.device("cuda"), "bf16")

@@ -1,4 +1,4 @@
-"""Throughput and peak memory of the streaming Aperio SVS writer (ghanet_pipeline.synthetic).
+"""Throughput and peak memory of the streaming Aperio SVS writer (ghanet_pipeline.slides.synthetic).
 
     python benchmarks/synthetic_write.py [--width 60000 --height 45000] [--workers 1]
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ghanet_pipeline import synthetic
+from ghanet_pipeline.slides import synthetic
 
 
 def main() -> None:

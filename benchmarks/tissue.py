@@ -94,7 +94,8 @@ def _texture(seed: int = 1) -> np.ndarray:
 def write_giga(path: Path) -> None:
     import cv2
 
-    from ghanet_pipeline import store, synthetic
+    from ghanet_pipeline.io import store
+    from ghanet_pipeline.slides import synthetic
 
     truth = _giga_truth()
     maps = np.ascontiguousarray(np.stack([truth["tissue"], truth["pen"], truth["debris"]], -1))
@@ -125,7 +126,7 @@ def write_giga(path: Path) -> None:
 
 
 def write_demo(path: Path) -> None:
-    from ghanet_pipeline import demo
+    from ghanet_pipeline.demo import cohort as demo
 
     recipe = demo.SlideRecipe(slide_id="demo", width=4800, height=3600, tumour_fraction=0.3, seed_words=(3, 5, 0))
     demo.write_slide(recipe, path, path.with_suffix(".npz"))
@@ -135,8 +136,8 @@ def write_demo(path: Path) -> None:
 
 
 def run_ours(path: str, mpp: float | None) -> dict:
-    from ghanet_pipeline import tissue
     from ghanet_pipeline.config import stage_settings
+    from ghanet_pipeline.slides import tissue
 
     settings = stage_settings("tissue", None, json.dumps({"quality_mpp": None}))
     t0 = time.perf_counter()
@@ -149,9 +150,9 @@ def run_ours(path: str, mpp: float | None) -> dict:
 
 def run_floor(path: str, mpp: float | None) -> dict:
     """Only read the level our segmentation reads, in the same strips, without resizing."""
-    from ghanet_pipeline import slide as sl
-    from ghanet_pipeline import tissue
     from ghanet_pipeline.config import stage_settings
+    from ghanet_pipeline.slides import slide as sl
+    from ghanet_pipeline.slides import tissue
 
     settings = stage_settings("tissue", None, None)
     t0 = time.perf_counter()
@@ -168,8 +169,8 @@ def run_clam_like(path: str, mpp: float | None) -> dict:
     with cv2.pointPolygonTest, one patch at a time (CLAM's create_patches_fp.py, 'four_pt')."""
     import cv2
 
-    from ghanet_pipeline import slide as sl
     from ghanet_pipeline.config import stage_settings
+    from ghanet_pipeline.slides import slide as sl
 
     settings = stage_settings("tissue", None, None)
     t0 = time.perf_counter()
@@ -213,9 +214,9 @@ def run_clam_like(path: str, mpp: float | None) -> dict:
 
 def run_seg(path: str, mpp: float | None) -> dict:
     """Our segmentation alone: read the level, segment (no grid, no QC)."""
-    from ghanet_pipeline import slide as sl
-    from ghanet_pipeline import tissue
     from ghanet_pipeline.config import stage_settings
+    from ghanet_pipeline.slides import slide as sl
+    from ghanet_pipeline.slides import tissue
 
     settings = stage_settings("tissue", None, None)
     t0 = time.perf_counter()
@@ -227,9 +228,9 @@ def run_seg(path: str, mpp: float | None) -> dict:
 
 def _run_blur(path: str, mpp: float | None, threads: int) -> dict:
     """Blur scores of ours' patches (the grid is computed before the clock starts)."""
-    from ghanet_pipeline import patch_quality, tissue
-    from ghanet_pipeline import slide as sl
     from ghanet_pipeline.config import stage_settings
+    from ghanet_pipeline.slides import patch_quality, tissue
+    from ghanet_pipeline.slides import slide as sl
 
     settings = stage_settings("tissue", None, json.dumps({"quality_mpp": None}))
     result = tissue.process("bench", path, settings, sheet_mpp=mpp, qc_image=False)
@@ -265,14 +266,13 @@ def _peak_rss_mb() -> float:
 def worker(method: str, path: str, mpp: float | None) -> None:
     # every method imports the same modules before its clock starts
     import cv2  # noqa: F401
-    import openslide  # noqa: F401
-
     import dask.array  # noqa: F401
+    import openslide  # noqa: F401
     import skimage.filters  # noqa: F401
     import skimage.measure  # noqa: F401
     import skimage.morphology  # noqa: F401
 
-    from ghanet_pipeline import patch_quality, slide, stain, tiling, tissue  # noqa: F401
+    from ghanet_pipeline.slides import patch_quality, slide, stain, tiling, tissue  # noqa: F401
 
     baseline = _peak_rss_mb()
     result = METHODS[method](path, mpp)
@@ -309,10 +309,15 @@ def reference_mask(path: Path, mpp: float | None, ref_mpp: float = 2.0) -> tuple
     """(tissue, pen, level-0 px per px) at ``ref_mpp`` for a slide without truth: mean optical
     density above 0.05 (glass is about 0.01), opened by 1 px, pieces and holes under 300 um^2
     removed; no pen on the real slides used here."""
-    from skimage.morphology import disk, opening, remove_small_holes, remove_small_objects
+    from skimage.morphology import (
+        disk,
+        opening,
+        remove_small_holes,
+        remove_small_objects,
+    )
 
-    from ghanet_pipeline import slide as sl
-    from ghanet_pipeline import stain
+    from ghanet_pipeline.slides import slide as sl
+    from ghanet_pipeline.slides import stain
 
     s = sl.open_slide(path)
     value = sl.resolve_mpp(s.properties, path, mpp).value
@@ -328,7 +333,7 @@ def reference_mask(path: Path, mpp: float | None, ref_mpp: float = 2.0) -> tuple
 
 def scores(coords: list, patch0: int, path: Path, mpp: float | None, cache: dict) -> tuple[float, float] | None:
     """(coverage, junk share) against the slide's truth (.npz next to it) or a reference mask."""
-    from ghanet_pipeline import tiling
+    from ghanet_pipeline.slides import tiling
 
     truth_path = path.with_suffix(".npz")
     if path not in cache:

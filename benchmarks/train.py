@@ -31,11 +31,20 @@ import numpy as np
 import torch
 
 from ghanet_pipeline.config import section_from_json
-from ghanet_pipeline.devices import resolve_device
-from ghanet_pipeline.metrics import concordance_index, risk_from_survival
 from ghanet_pipeline.model import build_model, model_config
 from ghanet_pipeline.model.losses import nll_survival_loss, reconstruction_loss
-from ghanet_pipeline.train import Patient, autocast_for, balanced_order, cindex_of, epoch_rng, evaluate, predict, train_epoch
+from ghanet_pipeline.runtime.devices import resolve_device
+from ghanet_pipeline.survival.metrics import concordance_index, risk_from_survival
+from ghanet_pipeline.training.train import (
+    Patient,
+    autocast_for,
+    balanced_order,
+    cindex_of,
+    epoch_rng,
+    evaluate,
+    predict,
+    train_epoch,
+)
 
 PAPER_K = [10, 30, 48, 51, 188, 37]
 

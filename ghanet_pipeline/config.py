@@ -9,8 +9,8 @@ dataclasses below so a stage reads ``settings.patch_size``, never ``cfg.get("pat
 from __future__ import annotations
 
 import copy
-import difflib
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass
 from functools import lru_cache

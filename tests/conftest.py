@@ -87,14 +87,14 @@ def _cmu_region(x: int, y: int, w: int, h: int) -> np.ndarray:
 
 def _write_small(path: Path, library: SlideLibrary) -> None:
     # 16 x 16 px of tissue: opens, but holds not one 256 px patch (as openslide-python's small.svs)
-    from ghanet_pipeline.synthetic import write_aperio_svs_from_array
+    from ghanet_pipeline.slides.synthetic import write_aperio_svs_from_array
 
     write_aperio_svs_from_array(path, _cmu_region(1200, 2100, 16, 16), mpp=0.499, tile=16, levels=1, quality=30)
 
 
 def _write_unreadable(path: Path, library: SlideLibrary) -> None:
     # Opens (the TIFF directories are intact); its only JPEG tile has no header, so any pixel read fails.
-    from ghanet_pipeline.synthetic import corrupt_tile
+    from ghanet_pipeline.slides.synthetic import corrupt_tile
 
     shutil.copyfile(library.small, path)
     corrupt_tile(path, index=0, mode="header")

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ghanet_pipeline.metrics import risk_from_survival
-from ghanet_pipeline.store import atomic_path, create_group, write_array, write_json
+from ghanet_pipeline.io.store import atomic_path, create_group, write_array, write_json
+from ghanet_pipeline.survival.metrics import risk_from_survival
 
 REAL_SLIDE = Path(__file__).resolve().parent / "data" / "slides" / "CMU-1-Small-Region.svs"
 REAL_SIZE = (2220, 2967)
@@ -127,7 +127,7 @@ def build(root: Path, folds: int = 2, encoder: str = ENCODER, seed: int = 7, mod
 
 
 def patient_bag(run: RunDir, case_id: str) -> np.ndarray:
-    from ghanet_pipeline.store import open_store
+    from ghanet_pipeline.io.store import open_store
 
     parts = []
     for slide_id in run.slides.loc[run.slides.case_id == case_id, "slide_id"]:

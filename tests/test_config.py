@@ -9,10 +9,9 @@ import sys
 
 import pandas as pd
 import pytest
-import yaml
 
 from ghanet_pipeline import config
-from ghanet_pipeline.sheet import SampleSheetError, parse_samples
+from ghanet_pipeline.io.sheet import SampleSheetError, parse_samples
 
 
 def test_shipped_config_is_valid_and_documented(repo_root):

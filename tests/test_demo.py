@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 from lifelines.utils import concordance_index
 
-from ghanet_pipeline import cli, demo, sheet
+from ghanet_pipeline import cli
+from ghanet_pipeline.demo import cohort as demo
+from ghanet_pipeline.io import sheet
 
 PATIENTS, SEED, FOLDS = 6, 0, 3
 

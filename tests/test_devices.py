@@ -1,4 +1,4 @@
-"""One GPU per job (ghanet_pipeline.devices): concurrent jobs on a simulated 4-GPU machine
+"""One GPU per job (ghanet_pipeline.runtime.devices): concurrent jobs on a simulated 4-GPU machine
 claim different devices, a SIGKILLed job frees its device, SLURM's allocation is used as is.
 
 The device list is simulated with GHANET_SIMULATE_GPUS (the claim logic is the real one; the
@@ -17,7 +17,7 @@ import pytest
 # A job: resolve the device as a stage does, report it, then hold it until stdin closes.
 JOB = """
 import sys
-from ghanet_pipeline.devices import resolve_device
+from ghanet_pipeline.runtime.devices import resolve_device
 print(resolve_device(sys.argv[1], "features.device"), flush=True)
 sys.stdin.read()
 """
@@ -121,7 +121,7 @@ def test_slurm_allocation_used_as_is(tmp_path):
 
 
 def test_claim_is_one_per_process(tmp_path):
-    code = ("from ghanet_pipeline.devices import resolve_device\n"
+    code = ("from ghanet_pipeline.runtime.devices import resolve_device\n"
             "print(resolve_device('auto'), resolve_device('cuda'), resolve_device('auto'))")
     out = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True,
                          timeout=60)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from ghanet_pipeline import encoder_presets as ep
-from ghanet_pipeline import encoders, foundation_models as fm
+from ghanet_pipeline.features import encoder_presets as ep
+from ghanet_pipeline.features import encoders
+from ghanet_pipeline.features import foundation_models as fm
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(embed_dim=32, depth=1, num_heads=2)
@@ -166,7 +167,7 @@ def test_position_embedding_of_another_grid_is_resampled(tmp_path):
 def test_presets_listed_without_torch_and_in_the_docs():
     import subprocess
 
-    code = "import sys, ghanet_pipeline.encoder_presets as p; print(p.listing()); print('torch' in sys.modules)"
+    code = "import sys, ghanet_pipeline.features.encoder_presets as p; print(p.listing()); print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip().endswith("False")  # the Snakefile can check names without loading torch
     doc = (REPO / "docs" / "byod-uni.md").read_text()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ghanet_pipeline import encoders
+from ghanet_pipeline.features import encoders
 
 
 @pytest.fixture()

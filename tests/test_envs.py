@@ -16,11 +16,11 @@ import importlib.metadata as md
 import re
 import subprocess
 import sys
-import tomllib
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name

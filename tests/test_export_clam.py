@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ghanet_pipeline import cli, store
+from ghanet_pipeline import cli
+from ghanet_pipeline.io import store
 
 
 def write_features_store(path, feats: np.ndarray, coords: np.ndarray, status: str = "ok", reason: str = "") -> None:

@@ -13,10 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ghanet_pipeline import store
 from ghanet_pipeline.config import stage_settings
-from ghanet_pipeline.features import StoreLockedError, exclusive_lock, extract
-from ghanet_pipeline.patch_reader import PatchGrid, iterate_batches, plan_runs, read_patch_naive
+from ghanet_pipeline.features.extract import StoreLockedError, exclusive_lock, extract
+from ghanet_pipeline.io import store
+from ghanet_pipeline.slides.patch_reader import (
+    PatchGrid,
+    iterate_batches,
+    plan_runs,
+    read_patch_naive,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CMU = REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region.svs"  # shipped real slide
@@ -141,7 +146,7 @@ def test_a_second_writer_is_refused_naming_the_first(cmu_tiles, tmp_path):
     out = tmp_path / "f.zarr"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from ghanet_pipeline.features import exclusive_lock\n"
+         "import sys, time; from pathlib import Path; from ghanet_pipeline.features.extract import exclusive_lock\n"
          "with exclusive_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)", str(out)],
         stdout=subprocess.PIPE, text=True, cwd=REPO,
     )
@@ -212,7 +217,7 @@ def _open_slide_handles() -> int:
 def test_reader_closes_its_slide_handle():
     """The in-process reader closes its OpenSlide handle when the batches are done, or when
     the caller stops early, not whenever the iterator happens to be garbage-collected."""
-    from ghanet_pipeline.patch_reader import PatchDataset
+    from ghanet_pipeline.slides.patch_reader import PatchDataset
 
     grid = PatchGrid(str(CMU), grid_coords(2220, 2967, 256, 8, y0=1024), read_level=0, patch_size_read=256,
                      patch_size=64)
@@ -240,7 +245,7 @@ def test_reader_closes_its_slide_handle():
 @pytest.fixture(scope="module")
 def corrupt_slide(tmp_path_factory) -> tuple[Path, tuple[int, int]]:
     """A small synthetic SVS (4 x 2 patches of 256 px) with one damaged JPEG tile."""
-    from ghanet_pipeline import synthetic
+    from ghanet_pipeline.slides import synthetic
 
     path = tmp_path_factory.mktemp("corrupt") / "corrupt.svs"
     rng = np.random.default_rng(0)
@@ -295,7 +300,7 @@ def test_fast_region_read_equals_openslide_read_region(test_slides):
     """The buffer-level read gives read_region's pixels, at slide edges (transparent) too."""
     import openslide
 
-    from ghanet_pipeline.patch_reader import read_rgb, rgba_to_rgb
+    from ghanet_pipeline.slides.patch_reader import read_rgb, rgba_to_rgb
 
     with openslide.OpenSlide(str(test_slides.no_mpp)) as slide:  # JPEG 2000 tiles, two levels
         w, h = slide.dimensions

@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from ghanet_pipeline import cli, export_clam, features_import as fi, store
+from ghanet_pipeline import cli
+from ghanet_pipeline.features import export_clam
+from ghanet_pipeline.features import importing as fi
+from ghanet_pipeline.io import store
 
 ATTRS = {"encoder": "toy", "dim": 8, "weights": "random", "weights_sha256": "0" * 64, "dtype": "float16",
          "patch_size": 256, "patch_size_level0": 512, "target_mpp": 0.5, "effective_mpp": 0.499, "read_level": 1}
@@ -121,7 +124,7 @@ def test_imported_features_train_ghanet_and_abmil_without_slides(tmp_path):
     """A cohort whose features exist only as TRIDENT-style .h5 files trains end to end."""
     from test_train import settings, write_cohort
 
-    from ghanet_pipeline.train import train_fold
+    from ghanet_pipeline.training.train import train_fold
 
     torch.set_num_threads(1)
     genomics_dir, made = write_cohort(tmp_path / "cohort", n_patients=20, patches=(4, 12), two_slides=2)

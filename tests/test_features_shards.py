@@ -16,12 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from ghanet_pipeline import store
-from ghanet_pipeline.config import stage_settings
-from ghanet_pipeline.features import ShardItem, complete_store_reason, extract_shard
-
 from test_features import CMU, grid_coords, write_tiles_store
+
+from ghanet_pipeline.config import stage_settings
+from ghanet_pipeline.features.extract import (
+    ShardItem,
+    complete_store_reason,
+    extract_shard,
+)
+from ghanet_pipeline.io import store
 
 REPO = Path(__file__).resolve().parents[1]
 N_SLIDES = 4

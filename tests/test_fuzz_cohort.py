@@ -16,8 +16,8 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ghanet_pipeline import genomics
 from ghanet_pipeline.config import stage_settings
+from ghanet_pipeline.genomics import preprocess as genomics
 
 GENES = ["A1_rnaseq", "B2_cnv", "C3_mut"]
 SETTINGS = stage_settings("genomics", None, '{"on_conflicting_duplicates": "first"}')

@@ -14,7 +14,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ghanet_pipeline import slide as sl
+from ghanet_pipeline.slides import slide as sl
 
 FUZZ = settings(max_examples=200, deadline=None)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ghanet_pipeline.paths import SLIDE_ID_PATTERN
-from ghanet_pipeline.sheet import SampleSheetError, parse_samples
+from ghanet_pipeline.io.layout import SLIDE_ID_PATTERN
+from ghanet_pipeline.io.sheet import SampleSheetError, parse_samples
 
 cell = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12

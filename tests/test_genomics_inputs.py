@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghanet_pipeline import cli, genomics
+from ghanet_pipeline import cli
 from ghanet_pipeline.config import stage_settings
-from ghanet_pipeline.folds import FoldError, make_folds, read_folds
-from ghanet_pipeline.groups import GroupDefinitionError, read_definition
-from ghanet_pipeline.survival_labels import assign_bins, bin_edges, class_labels
+from ghanet_pipeline.genomics import preprocess as genomics
+from ghanet_pipeline.genomics.folds import FoldError, make_folds, read_folds
+from ghanet_pipeline.genomics.groups import GroupDefinitionError, read_definition
+from ghanet_pipeline.survival.labels import assign_bins, bin_edges, class_labels
 
 N = 24
 GENOMIC = ["G1_rnaseq", "G1_cnv", "G2_rnaseq", "G3_rnaseq", "G3_mut", "G5_rnaseq", "G4_rnaseq", "G4_cnv"]

@@ -9,9 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghanet_pipeline import genomics
 from ghanet_pipeline.config import stage_settings
-from ghanet_pipeline.groups import match_groups, read_definition, usable_columns
+from ghanet_pipeline.genomics import preprocess as genomics
+from ghanet_pipeline.genomics.groups import (
+    match_groups,
+    read_definition,
+    usable_columns,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "genomics"
 BLCA_FAITHFUL = [94, 334, 521, 468, 1495, 479]

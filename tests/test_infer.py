@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 
+import ghanet_rundir as rd
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from ghanet_pipeline import cli, heatmaps, infer, km
+from ghanet_pipeline import cli
 from ghanet_pipeline.config import stage_settings
+from ghanet_pipeline.inference import heatmaps
+from ghanet_pipeline.inference import predict as infer
+from ghanet_pipeline.io.store import open_store
 from ghanet_pipeline.model.ghanet import topk_count
-from ghanet_pipeline.store import open_store
-
-import ghanet_rundir as rd
+from ghanet_pipeline.survival import km
 
 
 def settings(**values):
@@ -159,7 +161,7 @@ def test_top_patches_are_the_most_attended():
 
 
 def test_one_fold_on_request(run_dir, predicted, tmp_path):
-    from ghanet_pipeline.sheet import read_samples
+    from ghanet_pipeline.io.sheet import read_samples
 
     table = infer.run(read_samples(run_dir.samples_csv), run_dir.models_dir, run_dir.features_dir, tmp_path, settings(fold=1, top_k=0),
                       tiles_dir=run_dir.root / "tiles")
@@ -173,7 +175,7 @@ def test_one_fold_on_request(run_dir, predicted, tmp_path):
 
 
 def test_encoder_mismatch_names_both(run_dir, tmp_path):
-    from ghanet_pipeline.sheet import read_samples
+    from ghanet_pipeline.io.sheet import read_samples
 
     fold_dir = tmp_path / "models" / "ghanet" / "fold0"
     fold_dir.mkdir(parents=True)
@@ -193,7 +195,7 @@ def test_encoder_mismatch_names_both(run_dir, tmp_path):
 
 
 def test_feature_dim_mismatch_names_both(run_dir, tmp_path):
-    from ghanet_pipeline.sheet import read_samples
+    from ghanet_pipeline.io.sheet import read_samples
 
     fold_dir = tmp_path / "models" / "ghanet" / "fold0"
     fold_dir.mkdir(parents=True)
@@ -205,7 +207,7 @@ def test_feature_dim_mismatch_names_both(run_dir, tmp_path):
 
 
 def test_a_slide_without_a_feature_store_gives_the_tissue_stage_reason(tmp_path):
-    from ghanet_pipeline.store import write_json
+    from ghanet_pipeline.io.store import write_json
 
     row = pd.Series({"slide_id": "S-gone", "case_id": "P9", "path": "/nowhere/S-gone.svs"})
     no_record = infer.inspect_slide(row, tmp_path / "features", tmp_path)
@@ -228,7 +230,7 @@ def test_risk_group_at_the_training_median_is_decided_once(tmp_path, seed):
     """One fold: the training median is the risk of one patient (odd count), so that patient sits exactly
     on the threshold. Train and infer compute risks with the same function and dtype, so infer sees the
     very same number, and the tie rule (docs/contracts.md: risk > threshold is high, else low) puts it low."""
-    from ghanet_pipeline.sheet import read_samples
+    from ghanet_pipeline.io.sheet import read_samples
 
     run = rd.build(tmp_path / "run", folds=1, seed=seed, model_seed=seed)
     risks = run.fold_risks[0]

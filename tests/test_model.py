@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ghanet_pipeline.metrics import concordance_index
 from ghanet_pipeline.model import build_model, count_parameters, model_config
 from ghanet_pipeline.model.ghanet import association_weights, topk_count
 from ghanet_pipeline.model.losses import nll_survival_loss, reconstruction_loss
+from ghanet_pipeline.survival.metrics import concordance_index
 
 PAPER_K = [10, 30, 48, 51, 188, 37]
 

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 import zarr
-
-from ghanet_pipeline import cli, demo, synthetic
-from ghanet_pipeline.features import exclusive_lock
 from workflow_util import REPO, tiny_demo_config
+
+from ghanet_pipeline import cli
+from ghanet_pipeline.demo import cohort as demo
+from ghanet_pipeline.features.extract import exclusive_lock
+from ghanet_pipeline.slides import synthetic
 
 
 def start_snakemake(workdir: Path, *args: str) -> subprocess.Popen:

@@ -25,9 +25,11 @@ import numpy as np
 import pytest
 import zarr
 
-from ghanet_pipeline import cli, demo, synthetic, tissue
+from ghanet_pipeline import cli
 from ghanet_pipeline.config import stage_settings
-from ghanet_pipeline.store import TMP_MARK
+from ghanet_pipeline.demo import cohort as demo
+from ghanet_pipeline.io.store import TMP_MARK
+from ghanet_pipeline.slides import synthetic, tissue
 
 SLIDE_ID = "big"
 SETTINGS = stage_settings("tissue", None, None)

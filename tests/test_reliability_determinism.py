@@ -14,10 +14,12 @@ import pytest
 import torch
 import zarr
 
-from ghanet_pipeline import cli, demo, synthetic
+from ghanet_pipeline import cli
 from ghanet_pipeline.config import stage_settings
-from ghanet_pipeline.encoders import build_encoder
-from ghanet_pipeline.features import extract
+from ghanet_pipeline.demo import cohort as demo
+from ghanet_pipeline.features.encoders import build_encoder
+from ghanet_pipeline.features.extract import extract
+from ghanet_pipeline.slides import synthetic
 
 PATIENTS, SEED = 6, 11
 TISSUE = json.dumps({"target_mpp": 2.0, "patch_size": 64})

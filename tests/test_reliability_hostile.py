@@ -15,10 +15,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ghanet_pipeline import cli, demo
+from ghanet_pipeline import cli
 from ghanet_pipeline.config import ConfigError, read_yaml
-from ghanet_pipeline.paths import Layout
-from ghanet_pipeline.sheet import SampleSheetError, parse_samples, read_samples
+from ghanet_pipeline.demo import cohort as demo
+from ghanet_pipeline.io.layout import Layout
+from ghanet_pipeline.io.sheet import SampleSheetError, parse_samples, read_samples
 
 HEADER = "slide_id,case_id,path,mpp\n"
 
@@ -164,7 +165,7 @@ def hostile_checkpoint(tmp_path) -> tuple[Path, Path]:
 
 def test_checkpoint_loaders_never_unpickle_objects(hostile_checkpoint, tmp_path):
     from ghanet_pipeline.model.factory import load_checkpoint, load_fold_model
-    from ghanet_pipeline.train import try_resume
+    from ghanet_pipeline.training.train import try_resume
 
     ckpt, marker = hostile_checkpoint
     with pytest.raises(Exception, match="(?i)weights_only|unpickl|unsupported"):
@@ -178,7 +179,7 @@ def test_checkpoint_loaders_never_unpickle_objects(hostile_checkpoint, tmp_path)
 
 
 def test_infer_refuses_a_hostile_checkpoint(hostile_checkpoint, tmp_path):
-    from ghanet_pipeline.infer import load_models
+    from ghanet_pipeline.inference.predict import load_models
 
     ckpt, marker = hostile_checkpoint
     with pytest.raises(Exception, match="(?i)weights_only|unpickl|unsupported"):
@@ -187,7 +188,7 @@ def test_infer_refuses_a_hostile_checkpoint(hostile_checkpoint, tmp_path):
 
 
 def test_encoder_weights_file_is_loaded_safely(hostile_checkpoint):
-    from ghanet_pipeline.encoders import _read_state_dict
+    from ghanet_pipeline.features.encoders import _read_state_dict
 
     ckpt, marker = hostile_checkpoint
     with pytest.raises(Exception, match="(?i)weights_only|unpickl|unsupported"):

@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
-from ghanet_pipeline import cli, demo, synthetic
 from workflow_util import snakemake
+
+from ghanet_pipeline import cli
+from ghanet_pipeline.demo import cohort as demo
+from ghanet_pipeline.slides import synthetic
 
 SHEET_HINT = "remove the slide from the sample sheet"
 # Small patches keep the encoder cheap on a CPU: 64 px at 2 um/px (256 level-0 px), read from level 1.

@@ -21,13 +21,20 @@ from pathlib import Path
 
 import pytest
 import zarr
-
-from ghanet_pipeline import cli, config, demo, encoders, synthetic
-from ghanet_pipeline.encoder_names import REGISTERED, UnknownEncoderError, check_encoder_name
-from ghanet_pipeline.genomics import GenomicsError, read_cohort_table
-from ghanet_pipeline.groups import GroupDefinitionError, read_definition
-from ghanet_pipeline.sheet import SampleSheetError, read_samples
 from workflow_util import snakemake, tiny_demo_config
+
+from ghanet_pipeline import cli, config
+from ghanet_pipeline.demo import cohort as demo
+from ghanet_pipeline.features import encoders
+from ghanet_pipeline.features.encoder_names import (
+    REGISTERED,
+    UnknownEncoderError,
+    check_encoder_name,
+)
+from ghanet_pipeline.genomics.groups import GroupDefinitionError, read_definition
+from ghanet_pipeline.genomics.preprocess import GenomicsError, read_cohort_table
+from ghanet_pipeline.io.sheet import SampleSheetError, read_samples
+from ghanet_pipeline.slides import synthetic
 
 TISSUE = {"target_mpp": 2.0, "patch_size": 64}  # small patches: ~12 on the slide below
 
@@ -245,7 +252,7 @@ def test_encoder_names_match_the_registry():
 
 def test_registry_and_hf_hub_names_are_checked_without_torch():
     code = (
-        "import sys; from ghanet_pipeline.encoder_names import check_encoder_name as c; "
+        "import sys; from ghanet_pipeline.features.encoder_names import check_encoder_name as c; "
         "c('efficientnet_lite0'); c('resnet50_trunc'); c('hf-hub:MahmoodLab/UNI'); "
         "print('torch' in sys.modules, 'timm' in sys.modules)"
     )

@@ -7,13 +7,15 @@ import html
 import json
 import re
 
+import ghanet_rundir as rd
 import pandas as pd
 import pytest
 
-from ghanet_pipeline import cli, km, report, safe_text
+from ghanet_pipeline import cli
 from ghanet_pipeline.config import stage_settings
-
-import ghanet_rundir as rd
+from ghanet_pipeline.io import safe_text
+from ghanet_pipeline.report import build as report
+from ghanet_pipeline.survival import km
 
 SETTINGS = stage_settings("report", None, json.dumps({"max_heatmaps": 2}))
 
@@ -122,7 +124,7 @@ def test_held_out_split_reads_the_training_median_from_result_json(full_run, tmp
 
 
 def test_slide_status_falls_back_to_the_manifest(full_run, tmp_path):
-    from ghanet_pipeline import manifest
+    from ghanet_pipeline.io import manifest
 
     records = manifest.gather(full_run.root)
     (tmp_path / "manifest.csv").write_text(manifest.to_csv(records))

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ghanet_pipeline import report
 from ghanet_pipeline.config import stage_settings
+from ghanet_pipeline.report import build as report
 
 BLUE = np.array([0x1F, 0x77, 0xB4])
 RED = np.array([0xD6, 0x27, 0x28])

@@ -10,10 +10,11 @@ import socket
 import subprocess
 
 import pytest
-
-from ghanet_pipeline import locks, run_folder
 from test_reliability_concurrency import start_snakemake, wait_for
 from workflow_util import snakemake, tiny_demo_config
+
+from ghanet_pipeline.io import run_folder
+from ghanet_pipeline.runtime import locks
 
 
 @pytest.mark.parametrize("folder", ["/", "/usr", "~"])

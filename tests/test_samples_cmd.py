@@ -10,8 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from ghanet_pipeline import samples_cmd, sheet, synthetic
-from ghanet_pipeline.paths import check_slide_id
+from ghanet_pipeline.io import sheet
+from ghanet_pipeline.io.layout import check_slide_id
+from ghanet_pipeline.slides import discover as samples_cmd
+from ghanet_pipeline.slides import synthetic
 
 TISSUE_SETTINGS = json.dumps({"min_tissue_area_um2": 20000.0})
 
@@ -46,7 +48,7 @@ def folder(tmp_path_factory):
 
 def test_recursive_sheet_ids_cases_mpp_and_notes(folder, tmp_path, caplog):
     out = tmp_path / "samples.csv"
-    with caplog.at_level(logging.INFO, logger="ghanet_pipeline.samples_cmd"):
+    with caplog.at_level(logging.INFO, logger="ghanet_pipeline.slides.discover"):
         slides = samples_cmd.write_sheet(folder, out, recursive=True)
     table = sheet.read_samples(out)  # the sheet reads back through the pipeline's own reader
     rows = {r.slide_id: r for r in table.itertuples()}

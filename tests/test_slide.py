@@ -6,8 +6,8 @@ import numpy as np
 import openslide
 import pytest
 
-from ghanet_pipeline import slide as sl
-from ghanet_pipeline import synthetic
+from ghanet_pipeline.slides import slide as sl
+from ghanet_pipeline.slides import synthetic
 
 TARGET, PATCH = 0.5, 256  # 128 um patches
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from workflow_util import REPO, tiny_demo_config
 
 pytestmark = pytest.mark.slurm
@@ -146,7 +145,7 @@ def test_demo_workflow_runs_as_slurm_jobs(tmp_path):
 
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", log)
     remote, local, batches = _planned_jobs(log)
-    from ghanet_pipeline import demo
+    from ghanet_pipeline.demo import cohort as demo
 
     n_slides = len(demo.plan(5, 3, work / "demo_data"))
     shipped = yaml.safe_load(PROFILE.read_text())

@@ -17,17 +17,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import ghanet_rundir as rd
 import numpy as np
 import pandas as pd
 import pytest
 import zarr
-
-from ghanet_pipeline import cli, store
-
-import ghanet_rundir as rd
 from test_features import CMU, grid_coords, write_tiles_store
 from test_train import write_cohort
 
+from ghanet_pipeline import cli
+from ghanet_pipeline.io import store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

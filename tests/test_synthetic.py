@@ -7,7 +7,7 @@ import openslide
 import pytest
 import tifffile
 
-from ghanet_pipeline import synthetic
+from ghanet_pipeline.slides import synthetic
 
 
 def _smooth_image(width: int, height: int, seed: int = 0, cell: int = 64) -> np.ndarray:

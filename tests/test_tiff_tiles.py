@@ -8,9 +8,15 @@ import numpy as np
 import openslide
 import pytest
 
-from ghanet_pipeline.patch_reader import PatchDataset, PatchGrid, iterate_batches, read_rgb, rgba_to_rgb
-from ghanet_pipeline.synthetic import write_aperio_svs_from_array
-from ghanet_pipeline.tiff_tiles import TileReader, open_tile_reader
+from ghanet_pipeline.slides.patch_reader import (
+    PatchDataset,
+    PatchGrid,
+    iterate_batches,
+    read_rgb,
+    rgba_to_rgb,
+)
+from ghanet_pipeline.slides.synthetic import write_aperio_svs_from_array
+from ghanet_pipeline.slides.tiff_tiles import TileReader, open_tile_reader
 
 # shipped real slide (tests/data/slides/README.md): Aperio, JPEG tiles of 240 px, 2220 x 2967
 CMU = Path(__file__).resolve().parent / "data" / "slides" / "CMU-1-Small-Region.svs"

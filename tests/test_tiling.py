@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ghanet_pipeline import tiling
+from ghanet_pipeline.slides import tiling
 
 
 def _brute_fraction(level0: np.ndarray, x: int, y: int, size: int) -> float:

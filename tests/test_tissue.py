@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import zarr
 
-from ghanet_pipeline import cli, demo, qc, synthetic, tiling, tissue
+from ghanet_pipeline import cli
 from ghanet_pipeline.config import stage_settings
-from ghanet_pipeline.paths import UnsafeIdError
+from ghanet_pipeline.demo import cohort as demo
+from ghanet_pipeline.io.layout import UnsafeIdError
+from ghanet_pipeline.slides import qc, synthetic, tiling, tissue
 
 SETTINGS = stage_settings("tissue", None, None)
 CMU = "CMU-1-Small-Region"

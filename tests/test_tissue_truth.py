@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import zarr
 
-from ghanet_pipeline import demo, patch_quality, qc, stain, synthetic, tiling, tissue
 from ghanet_pipeline.config import stage_settings
-from ghanet_pipeline.slide import open_slide
+from ghanet_pipeline.demo import cohort as demo
+from ghanet_pipeline.slides import patch_quality, qc, stain, synthetic, tiling, tissue
+from ghanet_pipeline.slides.slide import open_slide
 
 SETTINGS = stage_settings("tissue", None, None)
 # full-size demo slides (2.3 x 1.7 and 2.5 x 1.65 mm); their truth masks are 8 um/px

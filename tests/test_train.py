@@ -16,10 +16,16 @@ import pandas as pd
 import pytest
 import torch
 
-from ghanet_pipeline import cli, store
+from ghanet_pipeline import cli
 from ghanet_pipeline.config import section_from_json
-from ghanet_pipeline.model import DimensionMismatchError, check_feature_dim, check_genomic_columns, load_fold_model
-from ghanet_pipeline.train import train_fold
+from ghanet_pipeline.io import store
+from ghanet_pipeline.model import (
+    DimensionMismatchError,
+    check_feature_dim,
+    check_genomic_columns,
+    load_fold_model,
+)
+from ghanet_pipeline.training.train import train_fold
 
 GROUPS = {"Tumor Suppressor Genes": 3, "Oncogenes": 1, "Cytokines": 4}  # target counts; one family of one
 
@@ -151,7 +157,7 @@ def test_ghanet_fold_outputs_follow_the_contract(cohort, tmp_path):
     assert best["selection"] == "best_val_optimistic" and best["epoch"] == result["best_epoch"]
 
     # the saved model reproduces the saved predictions (two slides of P000 concatenated)
-    from ghanet_pipeline.bags import BagSource, find_patient_stores
+    from ghanet_pipeline.training.bags import BagSource, find_patient_stores
     case = preds.case_id.iloc[0]
     patients = pd.read_csv(genomics_dir / "patients.csv").set_index("case_id")
     found = find_patient_stores({case: patients.loc[case, "slide_ids"].split(";")}, features_dir)
@@ -165,7 +171,7 @@ def test_ghanet_fold_outputs_follow_the_contract(cohort, tmp_path):
 
 
 def test_patient_with_two_slides_gets_both_bags(cohort):
-    from ghanet_pipeline.bags import BagSource, find_patient_stores
+    from ghanet_pipeline.training.bags import BagSource, find_patient_stores
 
     genomics_dir, features_dir = cohort
     found = find_patient_stores({"P000": ["P000-S0", "P000-S1"]}, features_dir)
@@ -213,7 +219,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, caplog):
     assert not (out / "result.json").exists(), "training finished before the kill; make the cohort larger"
     assert (out / "resume.pt").is_file()
 
-    caplog.set_level("INFO", logger="ghanet_pipeline.train")
+    caplog.set_level("INFO", logger="ghanet_pipeline.training.train")
     caplog.clear()  # only the resumed run's records (the reference run may have logged too)
     train_fold("abmil", 0, genomics_dir, features_dir, out, settings(**RESUME_SETTINGS))
     resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming from")]

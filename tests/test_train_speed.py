@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from ghanet_pipeline import train as train_module
-from ghanet_pipeline.metrics import risk_from_survival
-from ghanet_pipeline.train import train_fold
-
 from test_train import settings, write_cohort
+
+from ghanet_pipeline.survival.metrics import risk_from_survival
+from ghanet_pipeline.training import train as train_module
+from ghanet_pipeline.training.train import train_fold
 
 METRICS_COLUMNS = ["epoch", "loss", "nll", "recon", "val_loss", "val_cindex", "train_cindex", "lr", "seconds"]
 
@@ -56,8 +55,8 @@ def test_training_set_is_predicted_once_not_every_epoch(cohort, tmp_path, monkey
 
 
 def test_checkpoints_carry_the_train_median_risk_of_their_own_weights(cohort, tmp_path):
-    from ghanet_pipeline.bags import BagSource
     from ghanet_pipeline.model import build_model
+    from ghanet_pipeline.training.bags import BagSource
 
     genomics_dir, features_dir = cohort
     out = tmp_path / "run"

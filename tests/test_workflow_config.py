@@ -8,7 +8,6 @@ import re
 import shlex
 
 import pytest
-
 from test_genomics_inputs import cohort, write_signatures
 from workflow_util import snakemake, tiny_demo_config
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import yaml
-
 from workflow_util import snakemake, tiny_demo_config
 
 
@@ -20,7 +19,7 @@ def test_dry_run_shows_every_stage(tmp_path):
     tiny_demo_config(tmp_path)
     out = snakemake(tmp_path, "-n", "--cores", "2").stdout
     counts = _job_counts(out)
-    from ghanet_pipeline import demo
+    from ghanet_pipeline.demo import cohort as demo
 
     n_slides = len(demo.plan(6, 3, tmp_path / "demo_data"))
     assert counts["demo_cohort"] == 1
@@ -43,7 +42,7 @@ def test_config_typo_stops_before_any_job(tmp_path):
 
 
 def test_genomics_only_run_has_no_slide_jobs(tmp_path):
-    from ghanet_pipeline import demo
+    from ghanet_pipeline.demo import cohort as demo
 
     # a genomics table, its gene families and 5 fixed folds, as the MCAT benchmark ships them
     genomics = tmp_path / "genomics_data"

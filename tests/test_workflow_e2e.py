@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 import zarr
-
 from workflow_util import snakemake, tiny_demo_config
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,10 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-
-from ghanet_pipeline.store import open_store
 from test_genomics_inputs import cohort, write_signatures
 from workflow_util import snakemake, tiny_demo_config
+
+from ghanet_pipeline.io.store import open_store
 
 CMU = (2220, 2967)  # level-0 size of the shipped real slide
 PATCH_LEVEL0 = 512

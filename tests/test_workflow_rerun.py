@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from workflow_util import REPO
 
 SLIDES_DIR = REPO / "tests" / "data" / "slides"  # shipped with the project (README there)

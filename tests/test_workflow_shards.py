@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from workflow_util import snakemake, tiny_demo_config
 
 FEATURES = {"encoder": "test_efficientnet", "weights": "random", "batch_size": 16, "num_workers": 0,
@@ -24,7 +23,7 @@ def _stamps(features_dir: Path) -> dict[str, int]:
 
 
 def _stores(work: Path) -> list[str]:
-    from ghanet_pipeline import demo
+    from ghanet_pipeline.demo import cohort as demo
 
     return [f"results/features/test_efficientnet/{s}.zarr" for s in demo.plan(6, 3, work / "demo_data").slide_id]
 

@@ -15,24 +15,25 @@ For inference (slide only)::
 ``check_feature_dim(ckpt, dim, source)`` raises ``DimensionMismatchError`` naming both sides.
 """
 
-from .factory import (
-    GHANET_MODELS,
-    MODEL_NAMES,
-    SLIDE_MODELS,
-    DimensionMismatchError,
-    build_model,
-    check_feature_dim,
-    check_genomic_columns,
-    count_parameters,
-    load_checkpoint,
-    load_fold_model,
-    model_config,
-)
-from .ghanet import GHANet
-from .baselines import ABMIL, SNN
+from __future__ import annotations
 
-__all__ = [
-    "ABMIL", "SNN", "GHANet", "GHANET_MODELS", "MODEL_NAMES", "SLIDE_MODELS", "DimensionMismatchError",
-    "build_model", "check_feature_dim", "check_genomic_columns", "count_parameters", "load_checkpoint",
-    "load_fold_model", "model_config",
-]
+import importlib
+
+from ghanet_pipeline.model.names import GHANET_MODELS, MODEL_NAMES, SLIDE_MODELS
+
+# Loaded on first use, so that ``model.names`` (read by the Snakefile at parse time) needs no torch.
+_LAZY = {
+    "ABMIL": "baselines", "SNN": "baselines", "GHANet": "ghanet",
+    **{name: "factory" for name in (
+        "DimensionMismatchError", "build_model", "check_feature_dim", "check_genomic_columns",
+        "count_parameters", "load_checkpoint", "load_fold_model", "model_config",
+    )},
+}
+
+__all__ = ["GHANET_MODELS", "MODEL_NAMES", "SLIDE_MODELS", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)

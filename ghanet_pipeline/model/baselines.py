@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .ghanet import GatedAttention, as_bag, survival_outputs
+from ghanet_pipeline.model.ghanet import GatedAttention, as_bag, survival_outputs
 
 
 class ABMIL(nn.Module):

@@ -13,10 +13,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .baselines import ABMIL, SNN
-from .ghanet import GHANet
-
-from ..model_names import GHANET_MODELS, MODEL_NAMES, SLIDE_MODELS  # noqa: F401  (re-exported)
+from ghanet_pipeline.model.baselines import ABMIL, SNN
+from ghanet_pipeline.model.ghanet import GHANet
+from ghanet_pipeline.model.names import GHANET_MODELS, MODEL_NAMES, SLIDE_MODELS  # noqa: F401  (re-exported)
 
 
 class DimensionMismatchError(ValueError):

@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .attention import FeedForward, MultiHeadAttention
+from ghanet_pipeline.model.attention import FeedForward, MultiHeadAttention
 
 TOPK_FRACTION = 0.2
 

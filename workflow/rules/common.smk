@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ghanet_pipeline import folds, run_folder, sheet
+from ghanet_pipeline.genomics import folds
+from ghanet_pipeline.io import run_folder, sheet
 from ghanet_pipeline.config import section_json
-from ghanet_pipeline.encoder_names import UnknownEncoderError, check_encoder_name
-from ghanet_pipeline.model_names import SLIDE_MODELS
-from ghanet_pipeline.paths import encoder_dirname
+from ghanet_pipeline.features.encoder_names import UnknownEncoderError, check_encoder_name
+from ghanet_pipeline.model.names import SLIDE_MODELS
+from ghanet_pipeline.io.layout import encoder_dirname
 
 OUT = Path(config["output_dir"])
 try:  # refuse / , system folders and other people's files before any job starts
@@ -36,7 +37,7 @@ def _load_samples():
     if SAMPLES_CSV is None:
         return pd.DataFrame(columns=["slide_id", "case_id", "path", "mpp"])
     if DEMO["enabled"] and not config["samples"]:
-        from ghanet_pipeline import demo
+        from ghanet_pipeline.demo import cohort as demo
 
         table = demo.plan(DEMO["patients"], DEMO["seed"], DEMO_DIR)
     else:

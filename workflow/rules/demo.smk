@@ -1,5 +1,5 @@
 # The synthetic demo cohort (config: demo.enabled). Slide ids are known before it runs
-# (ghanet_pipeline.demo.plan), so `snakemake -n` shows the whole DAG.
+# (ghanet_pipeline.demo.cohort.plan), so `snakemake -n` shows the whole DAG.
 if DEMO["enabled"]:
 
     rule demo_cohort:

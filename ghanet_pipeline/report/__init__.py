@@ -1,0 +1,1 @@
+"""The cohort report: readers of each stage's outputs and the HTML page."""

@@ -1,0 +1,1 @@
+"""Process-level services: compute devices (one GPU per job), file locks, logging."""

@@ -1,0 +1,32 @@
+"""``ghanet summarize``: arguments, settings and exit codes; the work is in ``ghanet_pipeline.training.train``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ghanet_pipeline.io.store import write_json
+from ghanet_pipeline.training.train import TrainInputError, summarize
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model name (for the record)")
+    parser.add_argument("--models-dir", required=True, help="OUT/models/{model}, holding fold*/result.json")
+    parser.add_argument("--out", help="where to write summary.json (default: MODELS_DIR/summary.json)")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        summary = summarize(args.models_dir, args.model)
+    except TrainInputError as err:
+        log.error("%s", err)
+        return 1
+    out = Path(args.out) if args.out else Path(args.models_dir) / "summary.json"
+    write_json(out, summary)
+    log.info("%s: final-epoch c-index %s +- %s over %d folds (best-epoch, optimistic: %s)", args.model,
+             summary["cindex_final_mean"], summary["cindex_final_std"], len(summary["folds"]),
+             summary["cindex_best_mean_optimistic"])
+    return 0

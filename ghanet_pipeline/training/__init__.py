@@ -1,0 +1,1 @@
+"""Training: patient bags, the training loop, checkpoints, fold results and model summaries."""
