@@ -23,51 +23,223 @@ def check_slide_id(slide_id: str) -> str:
     return slide_id
 
 
+class Wildcard(str):
+    """A Snakemake wildcard such as ``{slide}`` standing for an id in a rule's path pattern."""
+
+
+def wildcard(name: str) -> Wildcard:
+    return Wildcard("{" + name + "}")
+
+
+def _safe(slide_id: str) -> str:
+    return slide_id if isinstance(slide_id, Wildcard) else check_slide_id(slide_id)
+
+
+@dataclass(frozen=True)
+class GenomicsFoldFiles:
+    """``genomics/fold{k}/``: the files of one cross-validation fold."""
+
+    dir: Path
+
+    @property
+    def split(self) -> Path:
+        return self.dir / "split.json"
+
+    @property
+    def table(self) -> Path:
+        return self.dir / "genomics.parquet"
+
+    @property
+    def scaler(self) -> Path:
+        return self.dir / "scaler.json"
+
+    @property
+    def targets(self) -> Path:
+        return self.dir / "targets.json"
+
+
+@dataclass(frozen=True)
+class GenomicsFiles:
+    """``genomics/``: what the genomics stage writes (its ``--out-dir``)."""
+
+    dir: Path
+
+    @property
+    def patients(self) -> Path:
+        return self.dir / "patients.csv"
+
+    @property
+    def groups(self) -> Path:
+        return self.dir / "groups.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    @property
+    def problems(self) -> Path:
+        return self.dir / "report.txt"
+
+    def fold(self, fold: int | str) -> GenomicsFoldFiles:
+        return GenomicsFoldFiles(self.dir / f"fold{fold}")
+
+
+@dataclass(frozen=True)
+class FoldFiles:
+    """``models/{model}/fold{k}/``: what one training job writes (its ``--out``)."""
+
+    dir: Path
+
+    @property
+    def result(self) -> Path:
+        return self.dir / "result.json"
+
+    def checkpoint(self, which: str = "final") -> Path:
+        """``which``: ``final`` or ``best``."""
+        return self.dir / f"checkpoint_{which}.pt"
+
+    @property
+    def resume(self) -> Path:
+        return self.dir / "resume.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.csv"
+
+    @property
+    def predictions(self) -> Path:
+        return self.dir / "predictions_val.csv"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "train.log"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """``models/{model}/``: the folds of one model and its summary."""
+
+    dir: Path
+
+    def fold(self, fold: int | str) -> FoldFiles:
+        return FoldFiles(self.dir / f"fold{fold}")
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    def fold_dirs(self) -> list[Path]:
+        """The fold folders present, in fold order."""
+        found = [p for p in self.dir.glob("fold*") if p.is_dir() and p.name[4:].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[4:]))
+
+
 @dataclass(frozen=True)
 class Layout:
-    """The output tree of one run (see README, 'Outputs')."""
+    """The output tree of one run (see README, 'Outputs'): the only place its paths are spelt.
+
+    Slide ids are checked (:func:`check_slide_id`); a :class:`Wildcard` passes through, so rules
+    build their path patterns here too (``layout.tiles(wildcard("slide"))``).
+    """
 
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # tissue
+    @property
+    def tiles_dir(self) -> Path:
+        return self.root / "tiles"
+
     def tiles(self, slide_id: str) -> Path:
-        return self.root / "tiles" / f"{check_slide_id(slide_id)}.zarr"
+        return self.tiles_dir / f"{_safe(slide_id)}.zarr"
+
+    @property
+    def qc_dir(self) -> Path:
+        return self.root / "qc"
 
     def qc_png(self, slide_id: str) -> Path:
-        return self.root / "qc" / f"{check_slide_id(slide_id)}.png"
+        return self.qc_dir / f"{_safe(slide_id)}.png"
 
     def qc_geojson(self, slide_id: str) -> Path:
-        return self.root / "qc" / f"{check_slide_id(slide_id)}.geojson"
+        return self.qc_dir / f"{_safe(slide_id)}.geojson"
+
+    @property
+    def status_dir(self) -> Path:
+        return self.root / "status"
 
     def status(self, slide_id: str) -> Path:
-        return self.root / "status" / f"{check_slide_id(slide_id)}.json"
+        return self.status_dir / f"{_safe(slide_id)}.json"
 
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.csv"
 
+    # features
+    @property
+    def features_root(self) -> Path:
+        return self.root / "features"
+
+    def features_dir(self, encoder: str) -> Path:
+        return self.features_root / encoder_dirname(encoder)
+
     def features(self, encoder: str, slide_id: str) -> Path:
-        return self.root / "features" / encoder_dirname(encoder) / f"{check_slide_id(slide_id)}.zarr"
+        return self.features_dir(encoder) / f"{_safe(slide_id)}.zarr"
+
+    # genomics, training
+    @property
+    def genomics(self) -> GenomicsFiles:
+        return GenomicsFiles(self.root / "genomics")
 
     @property
-    def genomics(self) -> Path:
-        return self.root / "genomics"
+    def models_dir(self) -> Path:
+        return self.root / "models"
 
-    def model_fold(self, model: str, fold: int) -> Path:
-        return self.root / "models" / model / f"fold{fold}"
+    def model(self, model: str) -> ModelFiles:
+        return ModelFiles(self.models_dir / model)
+
+    def model_fold(self, model: str, fold: int | str) -> FoldFiles:
+        return self.model(model).fold(fold)
 
     def model_summary(self, model: str) -> Path:
-        return self.root / "models" / model / "summary.json"
+        return self.model(model).summary
 
+    # inference, report
     @property
     def predictions(self) -> Path:
         return self.root / "predictions.csv"
 
+    @property
+    def heatmaps_dir(self) -> Path:
+        return self.root / "heatmaps"
+
     def heatmap(self, slide_id: str) -> Path:
-        return self.root / "heatmaps" / f"{check_slide_id(slide_id)}.zarr"
+        return self.heatmaps_dir / f"{_safe(slide_id)}.zarr"
+
+    def heatmap_png(self, slide_id: str) -> Path:
+        return self.heatmaps_dir / f"{_safe(slide_id)}.png"
+
+    def heatmap_geojson(self, slide_id: str) -> Path:
+        return self.heatmaps_dir / f"{_safe(slide_id)}.geojson"
+
+    def heatmap_topk(self, slide_id: str) -> Path:
+        return self.heatmaps_dir / f"{_safe(slide_id)}_topk.png"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
 
     @property
     def report(self) -> Path:
-        return self.root / "report" / "index.html"
+        return self.report_dir / "index.html"
+
+    # per-job records of the workflow
+    def log(self, stage: str, name: str) -> Path:
+        return self.root / "logs" / stage / f"{name}.log"
+
+    def benchmark(self, stage: str, name: str) -> Path:
+        return self.root / "benchmarks" / stage / f"{name}.tsv"
 
 
 def encoder_dirname(encoder: str) -> str:
