@@ -151,15 +151,15 @@ def run_ours(path: str, mpp: float | None) -> dict:
 def run_floor(path: str, mpp: float | None) -> dict:
     """Only read the level our segmentation reads, in the same strips, without resizing."""
     from ghanet_pipeline.config import stage_settings
+    from ghanet_pipeline.slides import regions, segmentation
     from ghanet_pipeline.slides import slide as sl
-    from ghanet_pipeline.slides import tissue
 
     settings = stage_settings("tissue", None, None)
     t0 = time.perf_counter()
     s = sl.open_slide(path)
     value = sl.resolve_mpp(s.properties, path, mpp).value
-    level, _, _ = tissue.segmentation_plan(s, value, settings.seg_mpp, settings.mpp_tolerance)
-    image = sl.read_level_resized(s, path, level, s.level_dimensions[level])
+    level, _, _ = segmentation.segmentation_plan(s, value, settings.seg_mpp, settings.mpp_tolerance)
+    image = regions.read_level_resized(s, path, level, s.level_dimensions[level])
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "level": level, "shape": list(image.shape)}
 
@@ -215,14 +215,14 @@ def run_clam_like(path: str, mpp: float | None) -> dict:
 def run_seg(path: str, mpp: float | None) -> dict:
     """Our segmentation alone: read the level, segment (no grid, no QC)."""
     from ghanet_pipeline.config import stage_settings
+    from ghanet_pipeline.slides import segmentation
     from ghanet_pipeline.slides import slide as sl
-    from ghanet_pipeline.slides import tissue
 
     settings = stage_settings("tissue", None, None)
     t0 = time.perf_counter()
     s = sl.open_slide(path)
     value = sl.resolve_mpp(s.properties, path, mpp).value
-    tissue.segment_slide(s, path, value, settings)
+    segmentation.segment_slide(s, path, value, settings)
     return {"seconds": time.perf_counter() - t0}
 
 
@@ -316,15 +316,15 @@ def reference_mask(path: Path, mpp: float | None, ref_mpp: float = 2.0) -> tuple
         remove_small_objects,
     )
 
+    from ghanet_pipeline.slides import regions, stain
     from ghanet_pipeline.slides import slide as sl
-    from ghanet_pipeline.slides import stain
 
     s = sl.open_slide(path)
     value = sl.resolve_mpp(s.properties, path, mpp).value
     width, height = s.level_dimensions[0]
     ds = ref_mpp / value
     size = (int(round(width / ds)), int(round(height / ds)))
-    rgb = sl.read_level_resized(s, str(path), s.get_best_level_for_downsample(ds), size)
+    rgb = regions.read_level_resized(s, str(path), s.get_best_level_for_downsample(ds), size)
     s.close()
     tissue = opening(stain.optical_density(rgb).mean(-1) > 0.05, disk(1))
     tissue = remove_small_holes(remove_small_objects(tissue, max_size=int(300 / ref_mpp**2)), max_size=int(300 / ref_mpp**2))

@@ -101,7 +101,8 @@ def reference_epoch(model, optimizer, train, val, bags, settings, epoch, device,
             out = model(x)
         nll = nll_survival_loss(out["hazards"], patient.bin, patient.censorship)
         loss = nll + 0.3 * reconstruction_loss(out["recon"], patient.targets)
-        risks[step] = -torch.sum(out["S"].float()).item()
+        # a host sync per step, as the reference's .item() (what this loop measures)
+        risks[step] = float(risk_from_survival(out["S"].detach().float().cpu().numpy().reshape(-1)))
         losses.append(loss.item())
         (loss / settings.grad_accum).backward()
         if (step + 1) % settings.grad_accum == 0:
@@ -114,7 +115,7 @@ def reference_epoch(model, optimizer, train, val, bags, settings, epoch, device,
         for patient in val:
             with autocast():
                 out = model(bags.get(patient.case_id).to(device))
-            val_risk.append(-torch.sum(out["S"].float()).item())
+            val_risk.append(float(risk_from_survival(out["S"].float().cpu().numpy().reshape(-1))))
     c_val = concordance_index(np.array(val_risk), [p.survival_months for p in val], [p.censorship for p in val])
     return {"loss": float(np.mean(losses)), "train_cindex": c_train, "val_cindex": c_val}
 

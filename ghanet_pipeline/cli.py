@@ -13,7 +13,6 @@ import os
 import sys
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
 
 from ghanet_pipeline import __version__
 from ghanet_pipeline.config import ConfigError
@@ -29,27 +28,30 @@ class Stage:
     """
 
     help: str
-    load: Callable[[], ModuleType]
+    module: str  # a module of ghanet_pipeline.stages
 
+    @property
+    def module_path(self) -> str:
+        return f"ghanet_pipeline.stages.{self.module}"
 
-def _stage(module: str) -> Callable[[], ModuleType]:
-    return lambda: importlib.import_module(f"ghanet_pipeline.stages.{module}")
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module_path)
 
 
 # The order is the workflow's.
 STAGES: dict[str, Stage] = {
-    "demo-cohort": Stage("write a synthetic cohort: slides, sample sheet, genomics, splits", _stage("demo_cohort")),
-    "samples": Stage("write a sample sheet from a folder of slides", _stage("samples")),
-    "tissue": Stage("segment tissue and lay the patch grid of one slide", _stage("tissue")),
-    "manifest": Stage("gather per-slide status records into manifest.csv", _stage("manifest")),
-    "features": Stage("encode the patches of slides into Zarr feature stores", _stage("features")),
-    "export-clam": Stage("export feature stores to the CLAM layout (h5 + pt_files)", _stage("export_clam")),
-    "import-features": Stage("turn CLAM / TRIDENT .h5 features into feature stores", _stage("import_features")),
-    "genomics": Stage("group genomic columns, make survival bins, folds and scalers", _stage("genomics")),
-    "train": Stage("train one model on one cross-validation fold", _stage("train")),
-    "summarize": Stage("gather the folds of one model into summary.json", _stage("summarize")),
-    "infer": Stage("slide-only risk predictions and attention heatmaps", _stage("infer")),
-    "report": Stage("the cohort report: report/index.html", _stage("report")),
+    "demo-cohort": Stage("write a synthetic cohort: slides, sample sheet, genomics, splits", "demo_cohort"),
+    "samples": Stage("write a sample sheet from a folder of slides", "samples"),
+    "tissue": Stage("segment tissue and lay the patch grid of one slide", "tissue"),
+    "manifest": Stage("gather per-slide status records into manifest.csv", "manifest"),
+    "features": Stage("encode the patches of slides into Zarr feature stores", "features"),
+    "export-clam": Stage("export feature stores to the CLAM layout (h5 + pt_files)", "export_clam"),
+    "import-features": Stage("turn CLAM / TRIDENT .h5 features into feature stores", "import_features"),
+    "genomics": Stage("group genomic columns, make survival bins, folds and scalers", "genomics"),
+    "train": Stage("train one model on one cross-validation fold", "train"),
+    "summarize": Stage("gather the folds of one model into summary.json", "summarize"),
+    "infer": Stage("slide-only risk predictions and attention heatmaps", "infer"),
+    "report": Stage("the cohort report: report/index.html", "report"),
 }
 
 

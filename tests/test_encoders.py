@@ -36,7 +36,7 @@ def test_wheel_weights_map_strictly_and_recognise_imagenet_images():
     from skimage import data
 
     model = timm.create_model("efficientnet_lite0", pretrained=False, bn_eps=1e-3)
-    state = encoders._read_state_dict(encoders.efficientnet_lite0_weights_file())
+    state = encoders.read_state_dict(encoders.efficientnet_lite0_weights_file())
     model.load_state_dict(encoders.map_efficientnet_pytorch_keys(state, model), strict=True)
     spec = encoders.REGISTRY["efficientnet_lite0"]
     enc = encoders.Encoder(spec=spec, model=model.eval(), dim=1000, weights="", weights_sha256="").to("cpu")

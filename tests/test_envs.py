@@ -244,14 +244,14 @@ def _installed_closure(names: set[str]) -> set[str]:
 
 
 def test_each_env_holds_what_its_stages_import():
-    from ghanet_pipeline.cli import COMMANDS
+    from ghanet_pipeline.cli import STAGES
 
     top_to_dist = md.packages_distributions()
     by_env: dict[str, set[str]] = {}
     for block in _rule_blocks():
         if block["stage"] and block["env"]:
-            assert block["stage"] in COMMANDS, f"rule {block['name']} calls unknown 'ghanet {block['stage']}'"
-            by_env.setdefault(Path(block["env"]).stem, set()).add(COMMANDS[block["stage"]][0])
+            assert block["stage"] in STAGES, f"rule {block['name']} calls unknown 'ghanet {block['stage']}'"
+            by_env.setdefault(Path(block["env"]).stem, set()).add(STAGES[block["stage"]].module_path)
     assert by_env, "no rule runs a ghanet stage with a conda env"
     problems = []
     for env_name, modules in sorted(by_env.items()):

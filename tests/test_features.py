@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ghanet_pipeline.config import stage_settings
+from ghanet_pipeline.contracts.tiles import PatchGeometry
 from ghanet_pipeline.features.extract import StoreLockedError, exclusive_lock, extract
 from ghanet_pipeline.io import store
 from ghanet_pipeline.slides.patch_reader import (
@@ -27,6 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 CMU = REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region.svs"  # shipped real slide
 N_PATCHES = 16  # 2 grid rows of CMU-1-Small-Region at 256 px
 BATCH = 4
+
+
+def level0_geometry(read: int, size: int) -> PatchGeometry:
+    """Patches of ``read`` level-0 px resized to ``size``."""
+    return PatchGeometry(read_level=0, patch_size=size, patch_size_read=read, patch_size_level0=read)
 
 
 def write_tiles_store(
@@ -219,8 +225,7 @@ def test_reader_closes_its_slide_handle():
     the caller stops early, not whenever the iterator happens to be garbage-collected."""
     from ghanet_pipeline.slides.patch_reader import PatchDataset
 
-    grid = PatchGrid(str(CMU), grid_coords(2220, 2967, 256, 8, y0=1024), read_level=0, patch_size_read=256,
-                     patch_size=64)
+    grid = PatchGrid(str(CMU), grid_coords(2220, 2967, 256, 8, y0=1024), level0_geometry(read=256, size=64))
     before = _open_slide_handles()
     batches = iterate_batches(grid, batch_size=4, num_workers=0)
     next(batches)
@@ -286,7 +291,7 @@ def test_block_reader_equals_one_read_per_patch_with_resize(tmp_path):
 
     coords = grid_coords(2220, 2967, 300, 14, y0=600)
     coords = np.delete(coords, 3, axis=0)  # a gap: the row splits into two runs
-    grid = PatchGrid(str(CMU), coords, read_level=0, patch_size_read=300, patch_size=224)
+    grid = PatchGrid(str(CMU), coords, level0_geometry(read=300, size=224))
     assert len(plan_runs(coords, 300)) >= 3
     batches = list(iterate_batches(grid, batch_size=5, num_workers=0))
     got = np.concatenate([b.patches.numpy() for b in batches])
@@ -300,11 +305,11 @@ def test_fast_region_read_equals_openslide_read_region(test_slides):
     """The buffer-level read gives read_region's pixels, at slide edges (transparent) too."""
     import openslide
 
-    from ghanet_pipeline.slides.patch_reader import read_rgb, rgba_to_rgb
+    from ghanet_pipeline.slides.regions import read_pixels, rgba_to_rgb
 
     with openslide.OpenSlide(str(test_slides.no_mpp)) as slide:  # JPEG 2000 tiles, two levels
         w, h = slide.dimensions
         for level in range(slide.level_count):
             for loc, size in [((0, 0), (300, 200)), ((w - 333, h - 333), (512, 512)), ((-50, -20), (128, 128))]:
                 expected = rgba_to_rgb(np.asarray(slide.read_region(loc, level, size)))
-                np.testing.assert_array_equal(read_rgb(slide, loc, level, size), expected)
+                np.testing.assert_array_equal(read_pixels(slide, loc, level, size), expected)

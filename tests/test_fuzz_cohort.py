@@ -17,7 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ghanet_pipeline.config import stage_settings
-from ghanet_pipeline.genomics import preprocess as genomics
+from ghanet_pipeline.genomics import patients as cohort_patients
+from ghanet_pipeline.genomics import table as cohort_table
+from ghanet_pipeline.genomics import values as genomic_values
+from ghanet_pipeline.genomics.problems import GenomicsError, Problems
 
 GENES = ["A1_rnaseq", "B2_cnv", "C3_mut"]
 SETTINGS = stage_settings("genomics", None, '{"on_conflicting_duplicates": "first"}')
@@ -42,19 +45,19 @@ def test_any_text_reads_or_raises_genomics_error(body, sep, bom, crlf):
         if bom:
             text = "\ufeff" + text
         try:
-            table = genomics.parse_cohort_text(text, sep=sep)
-        except genomics.GenomicsError:
+            table = cohort_table.parse_cohort_text(text, sep=sep)
+        except GenomicsError:
             pass
         else:
-            assert all(c in table.columns for c in genomics.REQUIRED_COLUMNS)
+            assert all(c in table.columns for c in cohort_table.REQUIRED_COLUMNS)
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / ("cohort.tsv" if sep == "\t" else "cohort.csv")
             path.write_bytes(text.encode("utf-8", errors="surrogatepass"))
             try:
-                table = genomics.read_cohort_table(path)
-            except genomics.GenomicsError:
+                table = cohort_table.read_cohort_table(path)
+            except GenomicsError:
                 continue
-            assert all(c in table.columns for c in genomics.REQUIRED_COLUMNS)
+            assert all(c in table.columns for c in cohort_table.REQUIRED_COLUMNS)
 
 
 row = st.tuples(
@@ -74,19 +77,19 @@ def test_any_cells_clean_to_finite_labels_and_values(rows):
         [(case, f"S{i}", t, c, *g) for i, (case, t, c, *g) in enumerate(rows)],
         columns=["case_id", "slide_id", "survival_months", "censorship", *GENES],
     )
-    problems = genomics.Problems()
+    problems = Problems()
     try:
-        patients = genomics.collapse_patients(table, SETTINGS, problems)
-        patients = genomics.valid_survival(patients, problems)
-    except genomics.GenomicsError:
+        patients = cohort_patients.collapse_patients(table, SETTINGS, problems)
+        patients = cohort_patients.valid_survival(patients, problems)
+    except GenomicsError:
         return
     assert patients.index.is_unique and (patients.index.str.strip() == patients.index).all()
     assert np.isfinite(patients.survival_months).all() and (patients.survival_months >= 0).all()
     assert set(patients.censorship) <= {0, 1}
-    matrix = genomics.numeric_matrix(patients, GENES, problems)
+    matrix = genomic_values.numeric_matrix(patients, GENES, problems)
     values = matrix.to_numpy()
     assert not np.isinf(values).any()
-    assert (np.abs(values[~np.isnan(values)]) <= genomics.HUGE).all()
+    assert (np.abs(values[~np.isnan(values)]) <= genomic_values.HUGE).all()
     # every cell that became missing without being empty is reported
     raw = patients[GENES]
     suspicious = matrix.isna().to_numpy() & raw.notna().to_numpy() & (raw.astype(str).apply(lambda c: c.str.strip()) != "").to_numpy()

@@ -51,16 +51,16 @@ def test_pick_level_is_the_coarsest_level_fine_enough(steps, mpp, target, tol):
 def test_patch_covers_the_requested_physical_size(steps, mpp, target, tol, patch_size):
     downsamples = pyramid(steps)
     c = sl.choose_level(downsamples, mpp, target, patch_size, tol)
-    assert 0 <= c.level < len(downsamples) and c.downsample == downsamples[c.level]
+    assert 0 <= c.read_level < len(downsamples) and c.read_downsample == downsamples[c.read_level]
     assert c.patch_size_read >= 1 and c.patch_size_level0 >= 1
-    assert c.upsampled == (c.level_mpp > target * (1 + tol))
+    assert c.upsampled == (c.read_level_mpp > target * (1 + tol))
     if not c.upsampled:
-        assert c.level_mpp <= target * (1 + tol) * (1 + 1e-12)
+        assert c.read_level_mpp <= target * (1 + tol) * (1 + 1e-12)
     want = patch_size * target  # um covered by a patch
     got = c.patch_size_level0 * mpp
     assert math.isclose(c.effective_mpp, got / patch_size, rel_tol=1e-9)
-    if patch_size * target / c.level_mpp >= 1:  # the patch is at least one read-level pixel
-        rounding = 0.5 * (c.level_mpp + mpp)  # half a read-level px, then half a level-0 px
+    if patch_size * target / c.read_level_mpp >= 1:  # the patch is at least one read-level pixel
+        rounding = 0.5 * (c.read_level_mpp + mpp)  # half a read-level px, then half a level-0 px
         assert abs(got - want) <= max(tol * want, rounding) + 1e-9 * want, (got, want, c)
 
 

@@ -14,6 +14,7 @@ from ghanet_pipeline.config import stage_settings
 from ghanet_pipeline.genomics import preprocess as genomics
 from ghanet_pipeline.genomics.folds import FoldError, make_folds, read_folds
 from ghanet_pipeline.genomics.groups import GroupDefinitionError, read_definition
+from ghanet_pipeline.genomics.targets import welch_pvalues
 from ghanet_pipeline.survival.labels import assign_bins, bin_edges, class_labels
 
 N = 24
@@ -303,5 +304,5 @@ def test_targets_pick_the_risk_column_and_never_leave_a_group_empty(tmp_path):
         assert "G1_rnaseq" in targets["A"]  # tracks survival time
         assert "G3_mut" not in targets["A"]  # constant: p = 1
         assert len(targets["B"]) >= 1
-    pvalues = genomics.welch_pvalues(np.zeros((6, 1)), np.array([1, 1, 1, 0, 0, 0], bool), np.array([0, 0, 0, 1, 1, 1], bool))
+    pvalues = welch_pvalues(np.zeros((6, 1)), np.array([1, 1, 1, 0, 0, 0], bool), np.array([0, 0, 0, 1, 1, 1], bool))
     assert pvalues.tolist() == [1.0]

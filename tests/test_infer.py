@@ -15,6 +15,7 @@ from ghanet_pipeline.config import stage_settings
 from ghanet_pipeline.inference import heatmaps
 from ghanet_pipeline.inference import predict as infer
 from ghanet_pipeline.io.store import open_store
+from ghanet_pipeline.model import DimensionMismatchError
 from ghanet_pipeline.model.ghanet import topk_count
 from ghanet_pipeline.survival import km
 
@@ -182,7 +183,7 @@ def test_encoder_mismatch_names_both(run_dir, tmp_path):
     _, ckpt = rd.tiny_checkpoint(0, encoder="resnet50_trunc", dim=rd.DIM)
     ckpt["train_median_risk"] = -2.0
     torch.save(ckpt, fold_dir / "checkpoint_final.pt")
-    with pytest.raises(infer.InferError) as err:
+    with pytest.raises(DimensionMismatchError) as err:
         infer.run(read_samples(run_dir.samples_csv), tmp_path / "models", run_dir.features_dir, tmp_path,
                   settings(top_k=0))
     message = str(err.value)
@@ -201,7 +202,7 @@ def test_feature_dim_mismatch_names_both(run_dir, tmp_path):
     fold_dir.mkdir(parents=True)
     _, ckpt = rd.tiny_checkpoint(0, encoder=rd.ENCODER, dim=32)
     torch.save(ckpt, fold_dir / "checkpoint_final.pt")
-    with pytest.raises(infer.InferError, match=r"32-d features.*16-d"):
+    with pytest.raises(DimensionMismatchError, match=r"32-d features.*16-d"):
         infer.run(read_samples(run_dir.samples_csv), tmp_path / "models", run_dir.features_dir, tmp_path,
                   settings(top_k=0))
 

@@ -188,11 +188,11 @@ def test_infer_refuses_a_hostile_checkpoint(hostile_checkpoint, tmp_path):
 
 
 def test_encoder_weights_file_is_loaded_safely(hostile_checkpoint):
-    from ghanet_pipeline.features.encoders import _read_state_dict
+    from ghanet_pipeline.features.checkpoints import read_state_dict
 
     ckpt, marker = hostile_checkpoint
     with pytest.raises(Exception, match="(?i)weights_only|unpickl|unsupported"):
-        _read_state_dict(ckpt)
+        read_state_dict(ckpt)
     assert not marker.exists()
 
 

@@ -25,9 +25,7 @@ from workflow_util import snakemake, tiny_demo_config
 
 from ghanet_pipeline import cli, config
 from ghanet_pipeline.demo import cohort as demo
-from ghanet_pipeline.features import encoders
 from ghanet_pipeline.features.encoder_names import (
-    REGISTERED,
     UnknownEncoderError,
     check_encoder_name,
 )
@@ -244,10 +242,6 @@ def test_too_many_patches_fail_the_slide_naming_count_and_settings(tmp_path, sli
 
 
 # ----------------------------------------------------------------------------- encoder names
-
-
-def test_encoder_names_match_the_registry():
-    assert set(REGISTERED) == set(encoders.REGISTRY)
 
 
 def test_registry_and_hf_hub_names_are_checked_without_torch():

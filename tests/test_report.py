@@ -14,7 +14,8 @@ import pytest
 from ghanet_pipeline import cli
 from ghanet_pipeline.config import stage_settings
 from ghanet_pipeline.io import safe_text
-from ghanet_pipeline.report import build as report
+from ghanet_pipeline.report import html as report
+from ghanet_pipeline.report import readers
 from ghanet_pipeline.survival import km
 
 SETTINGS = stage_settings("report", None, json.dumps({"max_heatmaps": 2}))
@@ -81,7 +82,7 @@ def test_cv_table_km_heatmaps_and_timings_come_from_the_run(full_run, full_html)
 
     km_html = section(full_html, "km")
     assert km_html.count("data:image/png") == 1
-    pooled, notes = report.held_out_groups(full_run.models_dir / "ghanet")
+    pooled, notes = readers.held_out_groups(full_run.models_dir / "ghanet")
     assert len(pooled) == 60 and all("training median risk from result.json" in n for n in notes)
     events = 1 - pooled["censorship"].to_numpy()
     p = km.logrank_p(pooled["survival_months"].to_numpy(float), events, pooled["risk_group"].to_numpy())
@@ -103,7 +104,7 @@ def test_held_out_split_falls_back_to_the_val_median_and_says_so(full_run, tmp_p
     fold = tmp_path / "m" / "fold0"
     fold.mkdir(parents=True)
     shutil.copy(full_run.models_dir / "ghanet" / "fold0" / "predictions_val.csv", fold)
-    pooled, notes = report.held_out_groups(tmp_path / "m")
+    pooled, notes = readers.held_out_groups(tmp_path / "m")
     assert "median of its held-out risks" in notes[0]
     assert (pooled["risk_group"] == "high").sum() == (pooled["risk"] > pooled["risk"].median()).sum()
 
@@ -117,7 +118,7 @@ def test_held_out_split_reads_the_training_median_from_result_json(full_run, tmp
     risks = pd.read_csv(fold / "predictions_val.csv")["risk"]
     threshold = float(risks.quantile(0.8))  # not the val median: the split must follow result.json
     (fold / "result.json").write_text(json.dumps({"train_median_risk": threshold}))
-    pooled, notes = report.held_out_groups(tmp_path / "m")  # no checkpoint in the folder at all
+    pooled, notes = readers.held_out_groups(tmp_path / "m")  # no checkpoint in the folder at all
     assert "training median risk from result.json" in notes[0] and f"{threshold:.4g}" in notes[0]
     assert pooled["risk_group"].tolist() == ["high" if r > threshold else "low" for r in pooled["risk"]]
     assert (pooled["risk_group"] == "high").sum() < (pooled["risk"] > pooled["risk"].median()).sum()
@@ -128,11 +129,11 @@ def test_slide_status_falls_back_to_the_manifest(full_run, tmp_path):
 
     records = manifest.gather(full_run.root)
     (tmp_path / "manifest.csv").write_text(manifest.to_csv(records))
-    frame = report.read_slide_status(tmp_path)
+    frame = readers.read_slide_status(tmp_path)
     assert frame["slide_id"].tolist() == [r["slide_id"] for r in records] == sorted(rd.SLIDES)
     assert frame["status"].tolist() == [r["status"] for r in records]
     assert list(frame.columns) == list(manifest.COLUMNS)
-    from_status = report.read_slide_status(full_run.root)
+    from_status = readers.read_slide_status(full_run.root)
     assert from_status["slide_id"].tolist() == frame["slide_id"].tolist()
     assert from_status.loc[from_status.status != "ok", "reason"].tolist() == [rd.FAILED_REASON] * 2
 

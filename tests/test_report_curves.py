@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from ghanet_pipeline.config import stage_settings
-from ghanet_pipeline.report import build as report
+from ghanet_pipeline.report import html as report
+from ghanet_pipeline.report import readers
 
 BLUE = np.array([0x1F, 0x77, 0xB4])
 RED = np.array([0xD6, 0x27, 0x28])
@@ -60,9 +61,9 @@ def _count(img: Image.Image, rgb: np.ndarray) -> int:
 
 
 def test_read_curves_stacks_folds_and_keeps_missing_columns_missing(run):
-    curves, notes = report.read_curves(run / "models" / "ghanet")
+    curves, notes = readers.read_curves(run / "models" / "ghanet")
     assert sorted(curves["fold"].unique()) == [0, 1, 2] and len(curves) == 16
-    old, old_notes = report.read_curves(run / "models" / "abmil")
+    old, old_notes = readers.read_curves(run / "models" / "abmil")
     assert list(old.columns) == ["epoch", "loss", "val_cindex", "fold"] and len(old) == 5
     assert any("fold 1: no metrics.csv" in n for n in old_notes)
     assert any("fold 2: metrics.csv is not readable" in n for n in old_notes)
@@ -83,7 +84,7 @@ def test_cv_section_shows_curves_per_model_next_to_the_table(run):
 
 
 def test_mean_curve_is_the_mean_over_the_folds_that_reached_each_epoch(run):
-    curves, _ = report.read_curves(run / "models" / "ghanet")
+    curves, _ = readers.read_curves(run / "models" / "ghanet")
     mean = curves.groupby("epoch")["val_cindex"].mean()
     folds = [pd.read_csv(run / "models" / "ghanet" / f"fold{k}" / "metrics.csv") for k in range(3)]
     assert mean[6] == pytest.approx((folds[0].val_cindex.iloc[5] + folds[1].val_cindex.iloc[5]) / 2)

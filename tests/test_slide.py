@@ -6,6 +6,7 @@ import numpy as np
 import openslide
 import pytest
 
+from ghanet_pipeline.slides import regions
 from ghanet_pipeline.slides import slide as sl
 from ghanet_pipeline.slides import synthetic
 
@@ -67,7 +68,7 @@ def test_unopenable_slides_raise_slide_error_with_path(test_slides, kind):
 def test_pixel_read_failure_names_the_path(test_slides):
     path = test_slides.unreadable
     with sl.open_slide(path) as slide, pytest.raises(sl.SlideError) as err:
-        sl.read_region_rgb(slide, path, (0, 0), 0, (16, 16))
+        regions.read_region_rgb(slide, path, (0, 0), 0, (16, 16))
     assert "reading pixels" in str(err.value) and str(path) in str(err.value)
 
 
@@ -78,13 +79,13 @@ def test_level_choice_by_mpp_with_tolerance():
     # 0.25 um/px pyramid with 4x levels: 0.25, 1.0, 4.0
     downsamples = (1.0, 4.0, 16.0)
     c = sl.choose_level(downsamples, 0.25, 0.5, 256, 0.1)
-    assert (c.level, c.patch_size_read, c.patch_size_level0, c.upsampled) == (0, 512, 512, False)
+    assert (c.read_level, c.patch_size_read, c.patch_size_level0, c.upsampled) == (0, 512, 512, False)
     c = sl.choose_level(downsamples, 0.25, 2.0, 256, 0.1)  # finest level not coarser than 2.0: level 1 (1.0)
-    assert (c.level, c.patch_size_read, c.patch_size_level0) == (1, 512, 2048)
+    assert (c.read_level, c.patch_size_read, c.patch_size_level0) == (1, 512, 2048)
     c = sl.choose_level(downsamples, 0.25, 1.05, 224, 0.1)  # level 1 is within 10 %: read as is
-    assert (c.level, c.patch_size_read, c.effective_mpp) == (1, 224, pytest.approx(1.0))
+    assert (c.read_level, c.patch_size_read, c.effective_mpp) == (1, 224, pytest.approx(1.0))
     c = sl.choose_level(downsamples, 0.25, 1.2, 224, 0.1)  # 1.0 is 17 % off: resize 269 -> 224
-    assert c.level == 1 and c.patch_size_read == 269 and abs(c.effective_mpp / 1.2 - 1) < 0.01
+    assert c.read_level == 1 and c.patch_size_read == 269 and abs(c.effective_mpp / 1.2 - 1) < 0.01
     c = sl.choose_level((1.0,), 1.0, 0.5, 256, 0.1)  # level 0 coarser than the target: upsample
     assert c.upsampled and c.patch_size_level0 == 128 and c.effective_mpp == pytest.approx(0.5)
 
@@ -107,7 +108,7 @@ def test_same_physical_patch_at_every_scanner_resolution(tmp_path, mpp):
         c = sl.choose_level(slide.level_downsamples, found.value, TARGET, PATCH, 0.1)
     assert c.patch_size_level0 * found.value == pytest.approx(PATCH * TARGET)  # 128 um
     assert abs(c.effective_mpp / TARGET - 1) <= 0.1
-    assert c.patch_size_read * c.level_mpp == pytest.approx(PATCH * TARGET)
+    assert c.patch_size_read * c.read_level_mpp == pytest.approx(PATCH * TARGET)
 
 
 def test_strip_reads_equal_one_read(tmp_path, monkeypatch):
@@ -117,10 +118,10 @@ def test_strip_reads_equal_one_read(tmp_path, monkeypatch):
     path = tmp_path / "s.svs"
     synthetic.write_aperio_svs_from_array(path, image, mpp=0.5, levels=1)
     with sl.open_slide(path) as slide:
-        whole = sl.read_level_resized(slide, path, 0, (225, 175))
-        monkeypatch.setattr(sl, "STRIP_PIXELS", 900 * 40)  # 10 output rows per strip
-        strips = sl.read_level_resized(slide, path, 0, (225, 175))
-        full = sl.read_region_rgb(slide, path, (0, 0), 0, (900, 700))
+        whole = regions.read_level_resized(slide, path, 0, (225, 175))
+        monkeypatch.setattr(regions, "STRIP_PIXELS", 900 * 40)  # 10 output rows per strip
+        strips = regions.read_level_resized(slide, path, 0, (225, 175))
+        full = regions.read_region_rgb(slide, path, (0, 0), 0, (900, 700))
     np.testing.assert_array_equal(whole, strips)
     np.testing.assert_array_equal(whole, cv2.resize(full, (225, 175), interpolation=cv2.INTER_AREA))
 
@@ -128,7 +129,7 @@ def test_strip_reads_equal_one_read(tmp_path, monkeypatch):
 def test_transparent_pixels_become_white():
     rgba = np.zeros((2, 2, 4), np.uint8)
     rgba[0, 0] = (10, 20, 30, 255)
-    out = sl._rgba_to_rgb(rgba)
+    out = regions.rgba_to_rgb(rgba)
     assert out[0, 0].tolist() == [10, 20, 30] and out[1, 1].tolist() == [255, 255, 255]
 
 

@@ -8,13 +8,9 @@ import numpy as np
 import openslide
 import pytest
 
-from ghanet_pipeline.slides.patch_reader import (
-    PatchDataset,
-    PatchGrid,
-    iterate_batches,
-    read_rgb,
-    rgba_to_rgb,
-)
+from ghanet_pipeline.contracts.tiles import PatchGeometry
+from ghanet_pipeline.slides.patch_reader import PatchDataset, PatchGrid, iterate_batches
+from ghanet_pipeline.slides.regions import read_pixels, rgba_to_rgb
 from ghanet_pipeline.slides.synthetic import write_aperio_svs_from_array
 from ghanet_pipeline.slides.tiff_tiles import TileReader, open_tile_reader
 
@@ -59,7 +55,7 @@ def test_cmu_regions_equal_openslide():
 def test_cmu_block_reader_same_as_openslide_path(monkeypatch):
     xs, ys = np.meshgrid(np.arange(0, 2220, 200), np.arange(0, 2967, 700))
     coords = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.int64)
-    grid = PatchGrid(str(CMU), coords, read_level=0, patch_size_read=256, patch_size=224)
+    grid = PatchGrid(str(CMU), coords, PatchGeometry(read_level=0, patch_size_read=256, patch_size=224))
     fast = PatchDataset(grid, batch_size=8)
     fast._handle()
     assert fast._tiles is not None
@@ -97,7 +93,7 @@ def test_demo_slide_levels_equal_openslide(demo_slide):
 
 def test_demo_slide_level1_block_reader_same_as_openslide_path(demo_slide, monkeypatch):
     coords = np.array([[0, 0], [256, 0], [512, 0], [1024, 512], [1200, 1000]], np.int64)  # level-0 px, multiples of 4
-    grid = PatchGrid(str(demo_slide), coords, read_level=1, patch_size_read=64, patch_size=32)
+    grid = PatchGrid(str(demo_slide), coords, PatchGeometry(read_level=1, patch_size_read=64, patch_size=32))
     got = np.concatenate([b.patches.numpy() for b in iterate_batches(grid, 2, 0)])
     monkeypatch.setenv("GHANET_TILE_READER", "0")
     want = np.concatenate([b.patches.numpy() for b in iterate_batches(grid, 2, 0)])
@@ -110,12 +106,12 @@ def test_other_compression_falls_back_to_openslide(kind, test_slides):
     with openslide.OpenSlide(str(path)) as slide:
         for level in range(slide.level_count):
             assert open_tile_reader(str(path), slide, level) is None
-    grid = PatchGrid(str(path), np.array([[0, 0], [16, 16]], np.int64), read_level=0, patch_size_read=32, patch_size=32)
+    grid = PatchGrid(str(path), np.array([[0, 0], [16, 16]], np.int64), PatchGeometry(read_level=0, patch_size_read=32, patch_size=32))
     dataset = PatchDataset(grid, batch_size=2)
     batch = dataset[0]
     assert dataset._tiles is None and batch.ok.all()
     with openslide.OpenSlide(str(path)) as slide:
-        assert np.array_equal(batch.patches.numpy()[1], read_rgb(slide, (16, 16), 0, (32, 32)))
+        assert np.array_equal(batch.patches.numpy()[1], read_pixels(slide, (16, 16), 0, (32, 32)))
     dataset.close()
 
 
@@ -133,7 +129,7 @@ def test_corrupt_tile_same_outcome_as_openslide_path(demo_slide, tmp_path, monke
     bad = tmp_path / "bad.svs"
     bad.write_bytes(bytes(data))
     coords = np.array([[0, 0], [256, 256], [300, 280], [768, 0]], np.int64)
-    grid = PatchGrid(str(bad), coords, read_level=0, patch_size_read=128, patch_size=128)
+    grid = PatchGrid(str(bad), coords, PatchGeometry(read_level=0, patch_size_read=128, patch_size=128))
     dataset = PatchDataset(grid, batch_size=4)
     dataset._handle()
     assert dataset._tiles is not None

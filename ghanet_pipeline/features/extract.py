@@ -28,19 +28,25 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from ghanet_pipeline import __version__
 from ghanet_pipeline.config import FeatureSettings
+from ghanet_pipeline.contracts.features import STORE_KIND, FeatureStoreAttrs
+from ghanet_pipeline.contracts.tiles import TilesStoreAttrs
+from ghanet_pipeline.features.encoder_names import spec_for
+from ghanet_pipeline.io.layout import Layout
 from ghanet_pipeline.io.store import (
+    DamagedStoreError,
     atomic_path,
     create_group,
     create_row_array,
     json_safe,
     open_store,
     read_array,
+    require_array,
     seal_array,
 )
 from ghanet_pipeline.runtime import locks
@@ -58,24 +64,6 @@ class StoreLockedError(RuntimeError):
 
 class FeatureError(RuntimeError):
     """The slide cannot be encoded (unreadable region, non-finite features...)."""
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def _main_one(item: "ShardItem", settings: FeatureSettings, strict: bool) -> int:
-    try:
-        status = extract(item.tiles, item.slide_path, item.out, settings, strict=strict)
-    except StoreLockedError as err:
-        log.error("%s", err)
-        return 3
-    except FeatureError as err:  # only raised in strict mode
-        log.error("%s", err)
-        return 1
-    except (FileNotFoundError, ValueError) as err:  # missing tiles store, weights offline, bad device/checkpoint
-        log.error("%s", err)
-        return 2
-    return 0 if status == "ok" or not strict else 1
 
 
 # ----------------------------------------------------------------------------- shards
@@ -102,22 +90,18 @@ def complete_store_reason(out: Path, tiles: Path, settings: FeatureSettings) -> 
     dtype and precision request, with whole ``coords`` (checksums) and a ``features`` array of
     ``n_patches`` rows, written after its tiles store (a tissue rerun makes it stale).
     """
-    from ghanet_pipeline.io.store import DamagedStoreError, require_array
-
     if not out.exists():
         return "missing"
     try:
         group = open_store(out)
-        attrs = dict(group.attrs)
-        if attrs.get("ghanet_store") != "features" or attrs.get("status") not in ("ok", "failed"):
-            return f"unfinished (status {attrs.get('status')!r})"
-        from ghanet_pipeline.features.encoders import spec_for
-
-        if attrs.get("encoder") != spec_for(settings.encoder).name or attrs.get("weights") != settings.weights \
-                or attrs.get("dtype") != settings.dtype:
+        stored = FeatureStoreAttrs.from_attrs(dict(group.attrs), source=out)
+        if not stored.finished:
+            return f"unfinished (status {stored.status!r})"
+        if (stored.encoder, stored.weights, stored.dtype) != (spec_for(settings.encoder).name, settings.weights,
+                                                              settings.dtype):
             return "written with other encoder settings"
-        n = int(attrs.get("n_patches", -1))
-        if attrs["status"] == "ok":
+        n = stored.n_patches if stored.n_patches is not None else -1
+        if stored.ok:
             if read_array(group, "coords", store_path=out).shape[0] != n:
                 return "coords do not match n_patches"
             if require_array(group, "features", store_path=out).shape[0] != n:
@@ -140,62 +124,66 @@ def extract_shard(items: list[ShardItem], settings: FeatureSettings, strict: boo
     are complete and current (:func:`complete_store_reason`) are kept unless listed in ``redo``,
     so a rerun after a crash redoes only the unfinished slides.
     """
-    from ghanet_pipeline.features.encoders import build_encoder
-
     encoder = None
     statuses: dict[str, str] = {}
     exit_code = 0
     redo = {p.resolve() for p in redo}
     for i, item in enumerate(items, 1):
         key = str(item.out)
-        if item.out.resolve() not in redo:
-            reason = complete_store_reason(item.out, item.tiles, settings)
-            if not reason:
-                log.info("[%d/%d] %s: complete, kept", i, len(items), item.out)
-                statuses[key] = "kept"
-                continue
-            log.info("[%d/%d] %s: %s, encoding", i, len(items), item.out, reason)
-        try:
-            needs_encoder = encoder is None and not _shard_input_problem(item)
-        except Exception as err:  # noqa: BLE001 - a missing/damaged tiles store: extract() reports it
-            log.debug("%s: input check: %s", item.out, err)
-            needs_encoder = False
-        if needs_encoder:
+        if item.out.resolve() not in redo and _keep_complete(item, settings, f"[{i}/{len(items)}]"):
+            statuses[key] = "kept"
+            continue
+        if encoder is None and _needs_encoder(item):
             # One build for the shard, at the first slide that needs it (no weights are loaded
             # for a shard of complete or failing slides).
             try:
-                device = resolve_device(settings.device, "features.device")
-                configure_threads()
-                encoder = build_encoder(settings.encoder, settings.weights, settings.allow_download)
-                encoder = encoder.to(device, settings.precision)
+                encoder = build_configured_encoder(settings)
             except (FileNotFoundError, ValueError) as err:  # configuration: every slide would fail alike
                 log.error("%s", err)
                 statuses[key] = "error"
                 return ShardResult(statuses, 2)
-        try:
-            statuses[key] = extract(item.tiles, item.slide_path, item.out, settings, strict=strict, encoder=encoder)
-        except StoreLockedError as err:
-            log.error("%s", err)
-            statuses[key], exit_code = "locked", max(exit_code, 3)
-        except FeatureError as err:  # strict: the first failed slide stops the shard, as it stops the run
-            log.error("%s", err)
-            statuses[key] = "failed"
+        statuses[key], slide_exit = _extract_in_shard(item, settings, strict, encoder)
+        if slide_exit == 1 and statuses[key] == "failed":  # strict: the first failed slide stops the shard
             return ShardResult(statuses, 1)
-        except Exception:  # noqa: BLE001 - one slide's crash must not lose the rest of the shard
-            log.exception("%s: encoding failed; the other slides of the shard go on", item.out)
-            statuses[key], exit_code = "error", max(exit_code, 1)
-        if strict and statuses[key] != "ok" and exit_code == 0:
-            exit_code = 1
+        exit_code = max(exit_code, slide_exit)
     counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
     log.info("shard of %d slide(s) done: %s", len(items), counts)
     return ShardResult(statuses, exit_code)
 
 
-def _shard_input_problem(item: ShardItem) -> str:
-    """The per-slide input check, without building anything (a failing slide needs no encoder)."""
-    tiles = open_store(item.tiles)
-    attrs = dict(tiles.attrs)
-    return _input_problem(tiles, attrs, item.tiles, item.slide_path, attrs.get("slide_id", item.tiles.stem))
+def _keep_complete(item: ShardItem, settings: FeatureSettings, position: str) -> bool:
+    reason = complete_store_reason(item.out, item.tiles, settings)
+    if not reason:
+        log.info("%s %s: complete, kept", position, item.out)
+        return True
+    log.info("%s %s: %s, encoding", position, item.out, reason)
+    return False
+
+
+def _needs_encoder(item: ShardItem) -> bool:
+    """Whether this slide passes the input check, without building anything (a failing slide needs no encoder)."""
+    try:
+        tiles, tiles_attrs = read_tiles_store(item.tiles)
+        return not _input_problem(tiles, tiles_attrs, item.tiles, item.slide_path)
+    except Exception as err:  # noqa: BLE001 - a missing/damaged tiles store: extract() reports it
+        log.debug("%s: input check: %s", item.out, err)
+        return False
+
+
+def _extract_in_shard(item: ShardItem, settings: FeatureSettings, strict: bool, encoder) -> tuple[str, int]:
+    """One slide of a shard: its status and the exit code it asks for (its errors stay its own)."""
+    try:
+        status = extract(item.tiles, item.slide_path, item.out, settings, strict=strict, encoder=encoder)
+    except StoreLockedError as err:
+        log.error("%s", err)
+        return "locked", 3
+    except FeatureError as err:  # only raised in strict mode
+        log.error("%s", err)
+        return "failed", 1
+    except Exception:  # noqa: BLE001 - one slide's crash must not lose the rest of the shard
+        log.exception("%s: encoding failed; the other slides of the shard go on", item.out)
+        return "error", 1
+    return status, 1 if strict and status != "ok" else 0
 
 
 # ----------------------------------------------------------------------------- lock
@@ -208,7 +196,7 @@ def exclusive_lock(out: Path) -> Iterator[Path]:
     A ``locks.held`` lock: a POSIX record lock of this process only (forked reader workers do not
     inherit it), released the moment the process dies, even by SIGKILL.
     """
-    lock = out.with_name(out.name + ".lock")
+    lock = Layout.lock_of(out)
     try:
         fd = locks.acquire(lock)
     except locks.LockHeldError as err:
@@ -241,6 +229,22 @@ def configure_threads() -> int:
     return torch.get_num_threads()
 
 
+def build_configured_encoder(settings: FeatureSettings, device=None):
+    """The encoder ``settings`` name, on its device, with the thread count fixed first."""
+    from ghanet_pipeline.features.encoders import build_encoder
+
+    device = device if device is not None else resolve_device(settings.device, "features.device")
+    configure_threads()
+    encoder = build_encoder(settings.encoder, settings.weights, settings.allow_download)
+    return encoder.to(device, settings.precision)
+
+
+def read_tiles_store(tiles_path: Path) -> tuple[Any, TilesStoreAttrs]:
+    """The open tiles store and its attributes (a store that is not a tiles store is a ContractError)."""
+    tiles = open_store(tiles_path)
+    return tiles, TilesStoreAttrs.from_attrs(dict(tiles.attrs), source=tiles_path)
+
+
 def extract(
     tiles_path: Path, slide_path: Path, out: Path, settings: FeatureSettings, strict: bool = False, encoder=None
 ) -> str:
@@ -253,7 +257,7 @@ def extract(
         return _extract_locked(tiles_path, slide_path, out, settings, strict, encoder)
 
 
-def _encoder_attrs(encoder) -> dict:
+def _encoder_fields(encoder) -> dict[str, Any]:
     """What a store records about a built encoder."""
     return {
         "encoder": encoder.spec.name,
@@ -265,7 +269,7 @@ def _encoder_attrs(encoder) -> dict:
     }
 
 
-def _requested_encoder_attrs(settings: FeatureSettings, device) -> dict:
+def _requested_encoder_fields(settings: FeatureSettings, device) -> dict[str, Any]:
     """What a failed store records about the encoder without building it (no weights loaded).
 
     ``dim`` comes from the registry spec; a generic timm / ``hf-hub:`` name has no spec dim and
@@ -273,7 +277,7 @@ def _requested_encoder_attrs(settings: FeatureSettings, device) -> dict:
     ``features`` is then (0, 0)). ``weights`` is the requested setting (``default``,
     ``random`` or a path) and ``weights_sha256`` is empty: nothing was loaded.
     """
-    from ghanet_pipeline.features.encoders import resolve_precision, spec_for
+    from ghanet_pipeline.features.encoders import resolve_precision
 
     spec = spec_for(settings.encoder)
     return {
@@ -286,39 +290,41 @@ def _requested_encoder_attrs(settings: FeatureSettings, device) -> dict:
     }
 
 
-def _base_attrs(tiles_attrs: dict, tiles_path: Path, encoder_attrs: dict, settings: FeatureSettings) -> dict:
-    return {
-        "ghanet_store": "features",
-        "status": "incomplete",
-        "reason": "",
-        "slide_id": tiles_attrs.get("slide_id", tiles_path.name.removesuffix(".zarr")),
-        **encoder_attrs,
-        "dtype": settings.dtype,
-        "patch_size": tiles_attrs.get("patch_size"),
-        "patch_size_read": tiles_attrs.get("patch_size_read"),
-        "patch_size_level0": tiles_attrs.get("patch_size_level0"),
-        "read_level": tiles_attrs.get("read_level"),
-        "target_mpp": tiles_attrs.get("target_mpp"),
-        "effective_mpp": tiles_attrs.get("effective_mpp"),
-        "tiles_store": str(tiles_path),
-        "slide_path": str(tiles_attrs.get("source_path", "")),
-        "n_bad_patches": 0,
-        "bad_patches": [],
-        "package_version": __version__,
-    }
+def _new_store_attrs(tiles: TilesStoreAttrs, tiles_path: Path, encoder_fields: dict[str, Any],
+                     settings: FeatureSettings) -> FeatureStoreAttrs:
+    """The attributes of a store being written: the encoder's, and the patch layout of its tiles store."""
+    return FeatureStoreAttrs(
+        ghanet_store=STORE_KIND,
+        status="incomplete",
+        reason="",
+        slide_id=tiles.slide_id,
+        **encoder_fields,
+        dtype=settings.dtype,
+        patch_size=tiles.patch_size,
+        patch_size_read=tiles.patch_size_read,
+        patch_size_level0=tiles.patch_size_level0,
+        read_level=tiles.read_level,
+        target_mpp=tiles.target_mpp,
+        effective_mpp=tiles.effective_mpp,
+        tiles_store=str(tiles_path),
+        slide_path=str(tiles.source_path),
+        n_bad_patches=0,
+        bad_patches=(),
+        package_version=__version__,
+    )
 
 
-def _input_problem(tiles, tiles_attrs: dict, tiles_path: Path, slide_path: Path, slide_id: str) -> str:
+def _input_problem(tiles, tiles_attrs: TilesStoreAttrs, tiles_path: Path, slide_path: Path) -> str:
     """Why this slide cannot be encoded ("" if it can): checked before any encoder is built."""
     from ghanet_pipeline.slides.slide import SlideError, open_slide
 
-    if tiles_attrs.get("status", "ok") != "ok":
-        return f"tiles stage failed: {tiles_attrs.get('reason', '') or 'no reason recorded'}"
+    if not tiles_attrs.ok:
+        return f"tiles stage failed: {tiles_attrs.reason or 'no reason recorded'}"
     # Checked here, before an encoder is built: a damaged tiles store (lost/truncated coords chunk, no
     # coords array) raises DamagedStoreError naming it; it is neither "no tissue" nor a wrong grid.
     if read_array(tiles, "coords", store_path=tiles_path).shape[0] == 0:
         return "the tiles store has no patches (no tissue found)"
-    read_level = int(tiles_attrs["read_level"])
+    read_level = tiles_attrs.geometry(source=tiles_path).read_level
     try:
         with open_slide(slide_path) as slide:  # checks the file too (missing, empty, unreadable)
             level_count = slide.level_count
@@ -327,7 +333,7 @@ def _input_problem(tiles, tiles_attrs: dict, tiles_path: Path, slide_path: Path,
     if read_level >= level_count:
         return (
             f"{slide_path}: read level {read_level} recorded in {tiles_path} does not exist "
-            f"(the slide has {level_count}); rerun the tissue stage for {slide_id}"
+            f"(the slide has {level_count}); rerun the tissue stage for {tiles_attrs.slide_id}"
         )
     return ""
 
@@ -336,81 +342,85 @@ def _extract_locked(
     tiles_path: Path, slide_path: Path, out: Path, settings: FeatureSettings, strict: bool, encoder=None
 ) -> str:
     t0 = time.perf_counter()
-    tiles = open_store(tiles_path)
-    tiles_attrs = dict(tiles.attrs)
+    tiles, tiles_attrs = read_tiles_store(tiles_path)
     # The device setting is checked for every slide (cheap; a bad one is a configuration error).
     device = encoder.device if encoder is not None else resolve_device(settings.device, "features.device")
-    slide_id = tiles_attrs.get("slide_id", tiles_path.name.removesuffix(".zarr"))
-    reason = _input_problem(tiles, tiles_attrs, tiles_path, slide_path, slide_id)
+    reason = _input_problem(tiles, tiles_attrs, tiles_path, slide_path)
     if reason:  # no encoder is built (no timm import, no weights loaded) for a slide that fails anyway
-        enc_attrs = _encoder_attrs(encoder) if encoder is not None else _requested_encoder_attrs(settings, device)
-        return _finish_failed(out, _base_attrs(tiles_attrs, tiles_path, enc_attrs, settings), reason, strict)
+        fields = _encoder_fields(encoder) if encoder is not None else _requested_encoder_fields(settings, device)
+        return _finish_failed(out, _new_store_attrs(tiles_attrs, tiles_path, fields, settings), reason, strict)
 
-    configure_threads()
     if encoder is None:
-        from ghanet_pipeline.features.encoders import build_encoder
-
-        encoder = build_encoder(settings.encoder, settings.weights, settings.allow_download)
-        encoder = encoder.to(device, settings.precision)
-    attrs = _base_attrs(tiles_attrs, tiles_path, _encoder_attrs(encoder), settings)
-
-    from ghanet_pipeline.slides.patch_reader import grid_from_store, iterate_batches
-
-    grid = grid_from_store(tiles, slide_path)
-    n, dim = len(grid), encoder.dim
-    dtype = np.dtype(settings.dtype)
-    n_batches = (n + settings.batch_size - 1) // settings.batch_size
-    log.info(
-        "%s: %d patches, %d batches of %d, encoder %s on %s (%s), %d reader workers",
-        slide_id, n, n_batches, settings.batch_size, settings.encoder, device, encoder.precision, settings.num_workers,
-    )
+        encoder = build_configured_encoder(settings, device)
+    else:
+        configure_threads()
+    attrs = _new_store_attrs(tiles_attrs, tiles_path, _encoder_fields(encoder), settings)
     try:
-        with atomic_path(out) as tmp:
-            group = create_group(tmp, attrs)
-            writer = RowWriter(group, n, dim, dtype)
-            bad: list[list[int]] = []
-            batches = iterate_batches(
-                grid, settings.batch_size, settings.num_workers, pin_memory=device.type == "cuda"
-            )
-            from tqdm import tqdm
-
-            with contextlib.closing(batches), tqdm(
-                total=n, unit="patch", desc=slide_id, disable=None, file=sys.stderr
-            ) as bar:
-                for b, batch in enumerate(batches):
-                    if batch.errors:
-                        if not settings.skip_bad_patches:
-                            raise FeatureError(_bad_patch_message(slide_path, batch.errors))
-                        for x, y, msg in batch.errors:
-                            log.warning("%s: dropping patch at level-0 (x=%d, y=%d): %s", slide_id, x, y, msg)
-                            bad.append([x, y])
-                    rows = encode_batch(encoder, batch, dtype, slide_path)
-                    writer.append(rows, grid.coords[batch.start : batch.start + len(batch.ok)][batch.ok])
-                    bar.update(len(batch.ok))
-                    log.debug("batch %d/%d done (%d rows)", b + 1, n_batches, writer.n_written + writer.n_buffered)
-            writer.close()
-            if bad:
-                log.warning("%s: %d bad patch(es) dropped", slide_id, len(bad))
-            group.attrs.update(
-                json_safe(
-                    {
-                        "status": "ok",
-                        "n_patches": writer.n_written,
-                        "n_bad_patches": len(bad),
-                        "bad_patches": bad[:MAX_RECORDED_BAD],
-                        "seconds": round(time.perf_counter() - t0, 3),
-                    }
-                )
-            )
-            status = "ok"
-            if writer.n_written == 0:
-                status = "failed"
-                group.attrs.update({"status": status, "reason": "every patch failed to decode"})
+        written = _write_store(tiles, tiles_path, slide_path, out, attrs, encoder, settings, t0)
     except FeatureError as err:
         return _finish_failed(out, attrs, str(err), strict)
-    log.info("%s: %s, %d x %d features in %.1f s -> %s", slide_id, status, writer.n_written, dim,
-             time.perf_counter() - t0, out)
-    return status
+    log.info("%s: %s, %d x %d features in %.1f s -> %s", written.slide_id, written.status, written.n_patches,
+             written.dim, time.perf_counter() - t0, out)
+    return written.status
+
+
+def _write_store(tiles, tiles_path: Path, slide_path: Path, out: Path, attrs: FeatureStoreAttrs, encoder,
+                 settings: FeatureSettings, t0: float) -> FeatureStoreAttrs:
+    """Encode every patch into ``out`` (renamed into place when complete); returns the attributes written."""
+    from ghanet_pipeline.slides.patch_reader import grid_from_store
+
+    grid = grid_from_store(tiles, slide_path, tiles_path)
+    n_batches = (len(grid) + settings.batch_size - 1) // settings.batch_size
+    log.info(
+        "%s: %d patches, %d batches of %d, encoder %s on %s (%s), %d reader workers", attrs.slide_id, len(grid),
+        n_batches, settings.batch_size, settings.encoder, encoder.device, encoder.precision, settings.num_workers,
+    )
+    with atomic_path(out) as tmp:
+        group = create_group(tmp, attrs.to_attrs())
+        writer = RowWriter(group, len(grid), encoder.dim, np.dtype(settings.dtype))
+        bad = _encode_patches(grid, encoder, writer, settings, slide_path, attrs.slide_id)
+        writer.close()
+        if bad:
+            log.warning("%s: %d bad patch(es) dropped", attrs.slide_id, len(bad))
+        written = attrs.replace(
+            status="ok" if writer.n_written else "failed",
+            reason="" if writer.n_written else "every patch failed to decode",
+            n_patches=writer.n_written,
+            n_bad_patches=len(bad),
+            bad_patches=tuple(bad[:MAX_RECORDED_BAD]),
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+        group.attrs.update(json_safe(written.to_attrs()))
+    return written
+
+
+def _encode_patches(grid, encoder, writer: RowWriter, settings: FeatureSettings, slide_path: Path,
+                    slide_id: str) -> list[tuple[int, int]]:
+    """Stream the grid's patches through the encoder into ``writer``; returns the dropped patches' (x, y)."""
+    from tqdm import tqdm
+
+    from ghanet_pipeline.slides.patch_reader import iterate_batches
+
+    bad: list[tuple[int, int]] = []
+    n_batches = (len(grid) + settings.batch_size - 1) // settings.batch_size
+    batches = iterate_batches(grid, settings.batch_size, settings.num_workers,
+                              pin_memory=encoder.device.type == "cuda")
+    dtype = np.dtype(settings.dtype)
+    with contextlib.closing(batches), tqdm(
+        total=len(grid), unit="patch", desc=slide_id, disable=None, file=sys.stderr
+    ) as bar:
+        for b, batch in enumerate(batches):
+            if batch.errors:
+                if not settings.skip_bad_patches:
+                    raise FeatureError(_bad_patch_message(slide_path, batch.errors))
+                for x, y, msg in batch.errors:
+                    log.warning("%s: dropping patch at level-0 (x=%d, y=%d): %s", slide_id, x, y, msg)
+                    bad.append((x, y))
+            rows = encode_batch(encoder, batch, dtype, slide_path)
+            writer.append(rows, grid.coords[batch.start : batch.start + len(batch.ok)][batch.ok])
+            bar.update(len(batch.ok))
+            log.debug("batch %d/%d done (%d rows)", b + 1, n_batches, writer.n_written + writer.n_buffered)
+    return bad
 
 
 def encode_batch(encoder, batch, dtype: np.dtype, slide_path: Path) -> np.ndarray:
@@ -438,13 +448,14 @@ def _bad_patch_message(slide_path: Path, errors: list[tuple[int, int, str]]) -> 
     )
 
 
-def _finish_failed(out: Path, attrs: dict, reason: str, strict: bool) -> str:
-    log.error("%s: %s", attrs["slide_id"], reason)
+def _finish_failed(out: Path, attrs: FeatureStoreAttrs, reason: str, strict: bool) -> str:
+    log.error("%s: %s", attrs.slide_id, reason)
     if strict:
-        raise FeatureError(f"{attrs['slide_id']}: {reason}")
+        raise FeatureError(f"{attrs.slide_id}: {reason}")
+    failed = attrs.replace(status="failed", reason=reason, n_patches=0)
     with atomic_path(out) as tmp:
-        group = create_group(tmp, {**attrs, "status": "failed", "reason": reason, "n_patches": 0})
-        group.create_array("features", shape=(0, attrs["dim"]), dtype=attrs["dtype"], chunks=(1, max(1, attrs["dim"])))
+        group = create_group(tmp, failed.to_attrs())
+        group.create_array("features", shape=(0, failed.dim), dtype=failed.dtype, chunks=(1, max(1, failed.dim)))
         group.create_array("coords", shape=(0, 2), dtype="int64", chunks=(1, 2))
     return "failed"
 

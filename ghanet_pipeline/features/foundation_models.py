@@ -12,12 +12,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ghanet_pipeline.features.checkpoints import (
+    existing_weights_file,
+    read_state_dict,
+    seeded,
+)
+from ghanet_pipeline.features.encoder import Encoder
 from ghanet_pipeline.features.encoder_presets import (
     POOLINGS,
     Preset,
     locate_weights,
-    spec,
+    preset_spec,
 )
+from ghanet_pipeline.features.encoder_types import DEFAULT, RANDOM, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -114,30 +121,20 @@ def load_weights(module: PooledViT, state: dict[str, torch.Tensor], path: Path, 
 # ----------------------------------------------------------------------------- the Encoder
 
 
-def build_preset_encoder(preset: Preset, weights: str, allow_download: bool):
-    """An :class:`~ghanet_pipeline.features.encoders.Encoder` for ``preset``: ``default`` (the HF cache,
+def build_preset_encoder(preset: Preset, weights: str, allow_download: bool) -> Encoder:
+    """An :class:`~ghanet_pipeline.features.encoder.Encoder` for ``preset``: ``default`` (the HF cache,
     or a download when allowed), ``random`` (tests, benchmarks) or a checkpoint path."""
-    from ghanet_pipeline.features.encoders import (
-        DEFAULT,
-        RANDOM,
-        Encoder,
-        _existing,
-        _read_state_dict,
-        _seeded,
-        sha256_file,
-    )
-
     path: Path | None = None
     if weights != RANDOM:  # find the weights first: a missing file fails before a 1 B-parameter build
-        path = locate_weights(preset, allow_download) if weights == DEFAULT else _existing(weights, preset.name)
-    with _seeded():
+        path = locate_weights(preset, allow_download) if weights == DEFAULT else existing_weights_file(weights, preset.name)
+    with seeded():
         module = build_module(preset)
     if path is None:
         desc, digest = RANDOM, ""
     else:
-        load_weights(module, _read_state_dict(path), path, preset)
+        load_weights(module, read_state_dict(path), path, preset)
         desc = f"{preset.hub_id}: {path}" if weights == DEFAULT else str(path)
         digest = sha256_file(path)
     if int(module.num_features) != preset.dim:  # the preset's promise, checked on the built module
         raise ValueError(f"encoder {preset.name}: built {module.num_features}-d features, the preset says {preset.dim}")
-    return Encoder(spec=spec(preset), model=module, dim=preset.dim, weights=desc, weights_sha256=digest)
+    return Encoder(spec=preset_spec(preset), model=module, dim=preset.dim, weights=desc, weights_sha256=digest)

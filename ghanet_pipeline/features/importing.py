@@ -32,6 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from ghanet_pipeline.contracts.features import STORE_KIND, FeatureStoreAttrs
+from ghanet_pipeline.features.encoder_types import sha256_file
+from ghanet_pipeline.io.layout import Layout
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("clam", "trident")
@@ -64,8 +68,8 @@ def feature_dir(root: Path, fmt: str) -> Path:
         raise FeatureImportError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     if not root.is_dir():
         raise FeatureImportError(f"{root} is not a folder; give the folder of the {fmt.upper()} feature files")
-    if fmt == "clam" and (root / "h5_files").is_dir():
-        return root / "h5_files"
+    if fmt == "clam" and Layout.clam_h5_dir(root).is_dir():
+        return Layout.clam_h5_dir(root)
     if fmt == "trident" and not any(root.glob("*.h5")):
         found = sorted({p.parent for p in root.glob("**/features_*/*.h5")})
         if len(found) == 1:
@@ -172,21 +176,20 @@ def _geometry(attrs: dict, coord_attrs: dict, fmt: str) -> dict[str, Any]:
 
 
 def write_store(out: Path, item: H5Slide, encoder: str, dtype: str, fmt: str) -> Path:
-    from ghanet_pipeline.features.encoders import sha256_file
     from ghanet_pipeline.io.store import atomic_path, create_group, write_array
 
-    target = out / f"{item.slide_id}.zarr"
-    attrs = {
-        "ghanet_store": "features", "status": "ok", "reason": "", "slide_id": item.slide_id,
+    target = Layout.store_in(out, item.slide_id)
+    attrs = FeatureStoreAttrs(**{
+        "ghanet_store": STORE_KIND, "status": "ok", "reason": "", "slide_id": item.slide_id,
         **item.attrs,
         "encoder": encoder, "dim": int(item.features.shape[1]), "dtype": dtype,
         "weights": item.attrs.get("weights", f"imported from {fmt}: {item.path}"),
         "weights_sha256": item.attrs.get("weights_sha256", ""),
         "imported_from": str(item.path), "imported_format": fmt, "source_sha256": sha256_file(item.path),
         "n_patches": int(item.features.shape[0]), "n_bad_patches": 0,
-    }  # fmt: skip
+    })  # fmt: skip
     with atomic_path(target) as tmp:
-        group = create_group(tmp, attrs)
+        group = create_group(tmp, attrs.to_attrs())
         write_array(group, "features", item.features.astype(dtype))
         write_array(group, "coords", item.coords)
     return target
@@ -195,10 +198,11 @@ def write_store(out: Path, item: H5Slide, encoder: str, dtype: str, fmt: str) ->
 def write_failed(out: Path, slide_id: str, encoder: str, reason: str, dim: int) -> Path:
     from ghanet_pipeline.io.store import atomic_path, create_group, write_array
 
-    target = out / f"{slide_id}.zarr"
+    target = Layout.store_in(out, slide_id)
+    attrs = FeatureStoreAttrs(ghanet_store=STORE_KIND, status="failed", reason=reason, slide_id=slide_id,
+                              encoder=encoder, dim=dim, n_patches=0)
     with atomic_path(target) as tmp:
-        group = create_group(tmp, {"ghanet_store": "features", "status": "failed", "reason": reason,
-                                   "slide_id": slide_id, "encoder": encoder, "dim": dim, "n_patches": 0})
+        group = create_group(tmp, attrs.to_attrs())
         write_array(group, "features", np.zeros((0, dim), np.float32))
         write_array(group, "coords", np.zeros((0, 2), np.int64))
     return target

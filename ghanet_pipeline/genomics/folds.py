@@ -111,15 +111,30 @@ def make_folds(patients: Sequence[str], labels: Sequence[int], n_folds: int, see
         raise FoldError(f"{len(patients)} patient(s) cannot fill {n_folds} folds; lower genomics.n_folds")
     rng = np.random.default_rng(seed)
     labels_arr = np.asarray(labels)
-    assignment = np.empty(len(patients), dtype=np.int64)
-    position = 0
-    for label in np.unique(labels_arr):
-        members = rng.permutation(np.flatnonzero(labels_arr == label))
-        assignment[members] = (position + np.arange(len(members))) % n_folds
-        position += len(members)
-    folds = []
-    for k in range(n_folds):
-        val = tuple(p for p, a in zip(patients, assignment) if a == k)
-        train = tuple(p for p, a in zip(patients, assignment) if a != k)
-        folds.append(Fold(train, val))
-    return folds
+    order = np.concatenate([rng.permutation(np.flatnonzero(labels_arr == label)) for label in np.unique(labels_arr)])
+    return folds_from_assignment(patients, deal_round_robin(order, n_folds), n_folds)
+
+
+def deal_round_robin(order: np.ndarray, n_folds: int, start: int = 0) -> np.ndarray:
+    """The fold of each patient when ``order`` (patient indices, stratum by stratum, shuffled within)
+    is dealt over the folds from fold ``start`` on: fold sizes differ by at most one, every stratum spread."""
+    fold_of = np.empty(len(order), dtype=np.int64)
+    fold_of[order] = (np.arange(len(order)) + start) % n_folds
+    return fold_of
+
+
+def folds_from_assignment(patients: Sequence[str], fold_of: np.ndarray, n_folds: int) -> list[Fold]:
+    """Fold k: val the patients assigned to k, train the rest (both in ``patients`` order)."""
+    return [
+        Fold(tuple(p for p, a in zip(patients, fold_of) if a != k), tuple(p for p, a in zip(patients, fold_of) if a == k))
+        for k in range(n_folds)
+    ]
+
+
+def split_csv(fold: Fold) -> str:
+    """A fold as a split file (``splits_{k}.csv``, what :func:`read_split` reads): ragged columns
+    end in empty cells, and the leading unnamed index column is MCAT's."""
+    train, val = list(fold.train), list(fold.val)
+    longest = max(len(train), len(val))
+    frame = pd.DataFrame({"train": train + [""] * (longest - len(train)), "val": val + [""] * (longest - len(val))})
+    return frame.to_csv(index=True, lineterminator="\n")

@@ -32,6 +32,9 @@ from typing import Sequence
 import numpy as np
 
 from ghanet_pipeline.io.store import atomic_path, create_group, write_array
+from ghanet_pipeline.slides.regions import read_patches, thumbnail_size
+from ghanet_pipeline.slides.regions import thumbnail as slide_thumbnail
+from ghanet_pipeline.slides.slide import SlideError, open_slide
 
 log = logging.getLogger(__name__)
 
@@ -131,51 +134,19 @@ def write_geojson(path: Path, data: SlideAttention) -> None:
 
 
 def thumbnail(slide_path: str | Path | None, level0_size: tuple[int, int], max_side: int = THUMB_MAX_SIDE) -> np.ndarray:
-    """The slide shrunk to ``max_side`` px (RGB); plain white of the slide's shape if it cannot be read.
-
-    The slide's own stored thumbnail (an associated image) is used when it has the slide's aspect
-    and enough pixels, which spares reading a whole level of a single-level slide.
-    """
-    w0, h0 = (max(1, int(v)) for v in level0_size)
-    scale = min(1.0, max_side / max(w0, h0))
-    size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
+    """The slide shrunk to ``max_side`` px (RGB), its stored thumbnail when that fits; plain white of
+    the slide's shape if it cannot be read."""
     if slide_path is not None:
-        from ghanet_pipeline.slides.slide import (
-            SlideError,
-            open_slide,
-            read_level_resized,
-        )
-
         try:
             slide = open_slide(slide_path)
             try:
-                stored = _stored_thumbnail(slide, size)
-                if stored is not None:
-                    return stored
-                level = slide.get_best_level_for_downsample(1.0 / scale)
-                return read_level_resized(slide, slide_path, level, size)
+                return slide_thumbnail(slide, slide_path, max_side, stored=True)[0]
             finally:
                 slide.close()
         except SlideError as err:
             log.warning("no thumbnail for the heatmap (%s); drawing on a blank background", err)
-    return np.full((size[1], size[0], 3), 255, np.uint8)
-
-
-def _stored_thumbnail(slide, size: tuple[int, int]) -> np.ndarray | None:
-    import cv2
-
-    try:
-        image = slide.associated_images.get("thumbnail")
-    except Exception:  # noqa: BLE001 - a broken associated image only means reading the pyramid
-        return None
-    if image is None:
-        return None
-    w, h = image.size
-    w0, h0 = slide.dimensions
-    if abs(w / h - w0 / h0) > 0.02 * (w0 / h0) or w < 0.9 * size[0]:
-        return None
-    rgb = np.asarray(image.convert("RGB"))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    (w, h), _ = thumbnail_size(level0_size, max_side)
+    return np.full((h, w, 3), 255, np.uint8)
 
 
 def raster(values: np.ndarray, coords: np.ndarray, patch_size: int, level0_size: tuple[int, int],
@@ -289,26 +260,6 @@ def top_indices(values: np.ndarray, k: int) -> np.ndarray:
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
     return np.argsort(-np.asarray(values, dtype=np.float64), kind="stable")[:k]
-
-
-def read_patches(slide_path: str | Path, coords: np.ndarray, patch_size_level0: int, out_px: int) -> list[np.ndarray]:
-    """Patches at level-0 ``coords`` read from the level closest to ``out_px`` px, resized to it."""
-    import cv2
-
-    from ghanet_pipeline.slides.slide import open_slide, read_region_rgb
-
-    slide = open_slide(slide_path)
-    try:
-        level = slide.get_best_level_for_downsample(max(1.0, patch_size_level0 / out_px))
-        down = float(slide.level_downsamples[level])
-        size = max(1, int(round(patch_size_level0 / down)))
-        patches = []
-        for x, y in np.asarray(coords).tolist():
-            patch = read_region_rgb(slide, slide_path, (int(x), int(y)), level, (size, size))
-            patches.append(cv2.resize(patch, (out_px, out_px), interpolation=cv2.INTER_AREA))
-        return patches
-    finally:
-        slide.close()
 
 
 def gallery_png(data: SlideAttention, slide_path: str | Path, k: int) -> bytes | None:

@@ -19,23 +19,29 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ghanet_pipeline.config import InferSettings
+from ghanet_pipeline.contracts.features import FeatureStoreAttrs
+from ghanet_pipeline.contracts.tiles import TilesStoreAttrs
+from ghanet_pipeline.contracts.training import CheckpointMeta
+from ghanet_pipeline.io.layout import FoldFiles, Layout, ModelFiles
 from ghanet_pipeline.io.safe_text import neutralise_frame
-from ghanet_pipeline.io.store import (
-    DamagedStoreError,
-    atomic_path,
-    has_integrity,
-    open_store,
-    read_array,
-    require_array,
-)
+from ghanet_pipeline.io.store import atomic_path, open_store, read_array
 from ghanet_pipeline.runtime.devices import resolve_device
 from ghanet_pipeline.survival.metrics import risk_from_survival
+from ghanet_pipeline.training.bags import (
+    EMPTY,
+    MISSING,
+    NOT_OK,
+    UNREADABLE,
+    SlideFeatures,
+    UnusableStore,
+    inspect_store,
+    read_bag,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +52,30 @@ class InferError(ValueError):
 
 @dataclass(frozen=True)
 class SlideInput:
+    """A slide of the sample sheet: its feature store when usable, else why not (``reason``)."""
+
     slide_id: str
     case_id: str
     slide_path: str
     store: Path
-    ok: bool
-    reason: str
-    n_patches: int = 0
-    dim: int = 0
-    encoder: str = ""
-    group: Any = field(default=None, compare=False, repr=False)  # the opened feature store (usable slides)
+    reason: str = ""
+    features: SlideFeatures | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.features is not None
+
+    @property
+    def n_patches(self) -> int:
+        return self.features.n_patches if self.features else 0
+
+    @property
+    def dim(self) -> int:
+        return self.features.dim if self.features else 0
+
+    @property
+    def encoder(self) -> str:
+        return self.features.encoder if self.features else ""
 
 
 @dataclass(frozen=True)
@@ -63,7 +83,7 @@ class FoldModel:
     fold: int
     path: Path
     model: object
-    checkpoint: dict
+    checkpoint: CheckpointMeta
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -71,21 +91,19 @@ class FoldModel:
 
 def find_checkpoints(models_dir: Path, model: str, fold: int | None, which: str) -> list[Path]:
     """``{models_dir}/{model}/fold*/checkpoint_{which}.pt`` (or ``models_dir`` is the model folder)."""
-    base = models_dir / model if (models_dir / model).is_dir() else models_dir
-    name = f"checkpoint_{which}.pt"
+    files = ModelFiles(models_dir / model if (models_dir / model).is_dir() else models_dir)
     if fold is not None:
-        path = base / f"fold{fold}" / name
+        path = files.fold(fold).checkpoint(which)
         if not path.is_file():
             raise InferError(f"infer.fold = {fold}: no checkpoint {path}; train that fold or set infer.fold: null")
         return [path]
-    found = []
-    for folder in base.glob("fold*"):
-        if folder.name[4:].isdigit() and (folder / name).is_file():
-            found.append((int(folder.name[4:]), folder / name))
+    found = [FoldFiles(folder).checkpoint(which) for folder in files.fold_dirs()]
+    found = [path for path in found if path.is_file()]
     if not found:
-        raise InferError(f"no {name} under {base}/fold*/: set infer.models_dir to the models/ folder of a run that "
-                         f"trained '{model}' (or infer.model to a model it trained)")
-    return [p for _, p in sorted(found)]
+        pattern = files.fold("*").checkpoint(which)
+        raise InferError(f"no {pattern.name} under {pattern.parent}/: set infer.models_dir to the models/ folder of a "
+                         f"run that trained '{model}' (or infer.model to a model it trained)")
+    return found
 
 
 def load_models(paths: list[Path], device: str) -> list[FoldModel]:
@@ -93,12 +111,12 @@ def load_models(paths: list[Path], device: str) -> list[FoldModel]:
 
     models = []
     for path in paths:
-        model, ckpt = load_fold_model(path, device=device)
-        if ckpt.get("model") not in SLIDE_MODELS:
-            raise InferError(f"{path}: model '{ckpt.get('model')}' does not read slides; slide-only inference needs one "
+        model, meta = load_fold_model(path, device=device)
+        if meta.model not in SLIDE_MODELS:
+            raise InferError(f"{path}: model '{meta.model}' does not read slides; slide-only inference needs one "
                              f"of {', '.join(SLIDE_MODELS)}")
-        models.append(FoldModel(int(ckpt.get("fold", len(models))), path, model, ckpt))
-    names = {tuple(m.checkpoint.get("group_names") or []) for m in models}
+        models.append(FoldModel(int(meta.fold) if meta.fold is not None else len(models), path, model, meta))
+    names = {tuple(m.checkpoint.group_names or ()) for m in models}
     if len(names) > 1:
         raise InferError(f"fold checkpoints disagree on the gene families ({sorted(names)}); they are not one run's models")
     return models
@@ -108,7 +126,7 @@ def _status_reason(out_dir: Path, slide_id: str) -> str | None:
     """The reason recorded by the tissue stage in ``status/{slide}.json``, if it failed there."""
     from ghanet_pipeline.io.manifest import read_status
 
-    path = out_dir / "status" / f"{slide_id}.json"
+    path = Layout(out_dir).status(slide_id)
     if not path.is_file():
         return None
     record = read_status(path)
@@ -117,47 +135,37 @@ def _status_reason(out_dir: Path, slide_id: str) -> str | None:
     return None
 
 
+def _unusable_reason(unusable: UnusableStore, out_dir: Path) -> str:
+    """Why a slide serves no bag, as predictions.csv's ``reason`` says it."""
+    u = unusable
+    if u.problem == MISSING:
+        return _status_reason(out_dir, u.slide_id) or f"no feature store at {u.path} (run the features stage for it)"
+    return {
+        UNREADABLE: f"unreadable feature store: {u.detail}",
+        NOT_OK: u.detail or "failed in an earlier stage",
+        EMPTY: f"feature store {u.path} holds no patches",
+    }[u.problem]
+
+
 def inspect_slide(row: pd.Series, features_dir: Path, out_dir: Path) -> SlideInput:
     slide_id, case_id = str(row["slide_id"]), str(row["case_id"])
-    store = features_dir / f"{slide_id}.zarr"
+    store = Layout.store_in(features_dir, slide_id)
     base = dict(slide_id=slide_id, case_id=case_id, slide_path=str(row["path"]), store=store)
-    if not store.exists():
-        why = _status_reason(out_dir, slide_id) or f"no feature store at {store} (run the features stage for it)"
-        return SlideInput(**base, ok=False, reason=why)
-    try:
-        group = open_store(store)
-    except DamagedStoreError:  # a finished store that lost files fails the run (never a silent "missing")
-        raise
-    except (FileNotFoundError, OSError, ValueError) as err:
-        return SlideInput(**base, ok=False, reason=f"unreadable feature store: {err}")
-    attrs = dict(group.attrs)
-    if str(attrs.get("status", "ok")) != "ok":
-        return SlideInput(**base, ok=False, reason=str(attrs.get("reason", "")) or "failed in an earlier stage")
-    features = require_array(group, "features", slide_id=slide_id, store_path=store)
-    require_array(group, "coords", slide_id=slide_id, store_path=store)
-    if not has_integrity(features):
-        log.warning("slide %s: feature store %s predates integrity records: only missing chunks are detected; "
-                    "rebuild it to add checksums", slide_id, store)
-    if features.ndim != 2 or features.shape[0] == 0:
-        return SlideInput(**base, ok=False, reason=f"feature store {store} holds no patches")
-    n, dim = features.shape
-    return SlideInput(**base, ok=True, reason="", n_patches=int(n), dim=int(dim), encoder=str(attrs.get("encoder", "")),
-                      group=group)
+    found = inspect_store(store, slide_id, with_coords=True)  # heatmaps need the coords
+    if isinstance(found, UnusableStore):
+        return SlideInput(**base, reason=_unusable_reason(found, out_dir))
+    return SlideInput(**base, features=found)
 
 
 def check_compatible(models: list[FoldModel], slides: list[SlideInput]) -> None:
     """Every usable feature store must come from the checkpoints' encoder, with their dimension."""
+    from ghanet_pipeline.model import check_features
+
     for fm in models:
-        want_enc, want_dim = str(fm.checkpoint.get("encoder", "")), int(fm.checkpoint.get("feature_dim") or 0)
         for s in slides:
-            if not s.ok:
-                continue
-            if (want_enc and s.encoder and want_enc != s.encoder) or (want_dim and s.dim != want_dim):
-                raise InferError(
-                    f"checkpoint {fm.path} was trained on encoder '{want_enc}' ({want_dim}-d features) but feature "
-                    f"store {s.store} holds encoder '{s.encoder}' ({s.dim}-d); extract the slides with '{want_enc}' "
-                    "(features.encoder) or use models trained on this encoder"
-                )
+            if s.ok:
+                check_features(fm.checkpoint, s.dim, f"feature store {s.store}", encoder=s.encoder,
+                               checkpoint_path=fm.path)
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -187,12 +195,11 @@ def predict_bag(models: list[FoldModel], bag: np.ndarray, device: str) -> Patien
 
 def read_features(slides: list[SlideInput]) -> np.ndarray:
     """The bag of usable slides; a damaged store raises :class:`DamagedStoreError` (never reads as zeros)."""
-    parts = [read_array(s.group, "features", slide_id=s.slide_id, store_path=s.store) for s in slides]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    return read_bag([s.features for s in slides])
 
 
 def median_threshold(models: list[FoldModel]) -> float | None:
-    values = [m.checkpoint.get("train_median_risk") for m in models]
+    values = [m.checkpoint.train_median_risk for m in models]
     if any(v is None for v in values):
         log.warning("a checkpoint has no train_median_risk: risk_group is left empty")
         return None
@@ -216,28 +223,36 @@ class SlideGeometry:
 ESTIMATED = "estimated from coords"
 
 
-def slide_geometry(attrs: dict, tiles_dir: Path, slide_id: str, coords: np.ndarray, slide_path: str) -> SlideGeometry:
+def _tiles_store_geometry(path: Path) -> SlideGeometry | None:
+    """The geometry recorded in a tiles store; None when it is absent, unreadable or has none."""
+    try:
+        tiles = TilesStoreAttrs.from_attrs(dict(open_store(path).attrs), source=path)
+        if tiles.level0_size is None or tiles.patch_size_level0 is None:
+            return None
+        size = (int(tiles.level0_size[0]), int(tiles.level0_size[1]))
+        return SlideGeometry(int(tiles.patch_size_level0), size, "tiles store")
+    except (FileNotFoundError, KeyError, OSError, ValueError, TypeError):  # damage and bad records are ValueErrors
+        return None
+
+
+def slide_geometry(features: FeatureStoreAttrs, tiles_dir: Path, slide_id: str, coords: np.ndarray,
+                   slide_path: str) -> SlideGeometry:
     """Patch size in level-0 px and the level-0 size: from the tiles store named in the feature store's
-    ``attrs`` (else ``tiles_dir/{slide}.zarr``); for imported features (no tiles store), from the feature
+    attributes (else ``tiles_dir/{slide}.zarr``); for imported features (no tiles store), from the feature
     store's ``patch_size_level0`` and the slide file; else estimated from the coordinate grid."""
-    candidates = []
-    if attrs.get("tiles_store"):
-        candidates.append(Path(str(attrs["tiles_store"])))
-    candidates.append(tiles_dir / f"{slide_id}.zarr")
+    candidates = [Path(str(features.tiles_store))] if features.tiles_store else []
+    candidates.append(Layout.store_in(tiles_dir, slide_id))
     for path in candidates:
-        try:
-            tiles = dict(open_store(path).attrs)
-            size = (int(tiles["level0_size"][0]), int(tiles["level0_size"][1]))
-            return SlideGeometry(int(tiles["patch_size_level0"]), size, "tiles store")
-        except (FileNotFoundError, KeyError, OSError, ValueError, TypeError):
-            continue
-    if attrs.get("patch_size_level0"):
+        geometry = _tiles_store_geometry(path)
+        if geometry is not None:
+            return geometry
+    if features.patch_size_level0:
         from ghanet_pipeline.slides.slide import SlideError, open_slide
 
         try:
             with open_slide(slide_path) as slide:
                 size = tuple(int(v) for v in slide.dimensions)
-            return SlideGeometry(int(attrs["patch_size_level0"]), size, "feature store and slide")
+            return SlideGeometry(int(features.patch_size_level0), size, "feature store and slide")
         except SlideError as err:
             log.info("%s: slide not readable for the heatmap picture (%s)", slide_id, err)
     xs = np.unique(coords[:, 0])
@@ -250,18 +265,19 @@ def slide_attention(patient: list[SlideInput], output: PatientOutput, models: li
                     tiles_dir: Path) -> list:
     from ghanet_pipeline.inference.heatmaps import SlideAttention, group_names_from
 
-    names = group_names_from(models[0].checkpoint.get("group_names"), output.association.shape[0])
-    described = tuple(f"{m.checkpoint.get('model')}/fold{m.fold}/{m.path.name}" for m in models)
+    names = group_names_from(models[0].checkpoint.group_names, output.association.shape[0])
+    described = tuple(f"{m.checkpoint.model}/fold{m.fold}/{m.path.name}" for m in models)
     bag_slides = tuple(s.slide_id for s in patient)
     result, start = [], 0
     for s in patient:
         rows = slice(start, start + s.n_patches)
         start += s.n_patches
-        coords = read_array(s.group, "coords", slide_id=s.slide_id, store_path=s.store).astype(np.int64, copy=False)
+        coords = read_array(s.features.group, "coords", slide_id=s.slide_id, store_path=s.store)
+        coords = coords.astype(np.int64, copy=False)
         if coords.shape[0] != s.n_patches:
             raise InferError(f"{s.store}: coords has {coords.shape[0]} rows but features {s.n_patches}; "
                              "re-run the features stage for this slide")
-        geometry = slide_geometry(dict(s.group.attrs), tiles_dir, s.slide_id, coords, s.slide_path)
+        geometry = slide_geometry(s.features.attrs, tiles_dir, s.slide_id, coords, s.slide_path)
         result.append(SlideAttention(
             slide_id=s.slide_id, case_id=s.case_id, coords=coords,
             morphology=output.morphology[rows].astype(np.float32),
@@ -281,53 +297,68 @@ def run(samples: pd.DataFrame, models_dir: Path, features_dir: Path, out_dir: Pa
     """Predict every patient of ``samples``; write predictions.csv and heatmaps/; return the table."""
     from tqdm import tqdm
 
-    from ghanet_pipeline.inference import heatmaps
-    from ghanet_pipeline.survival import km
-
+    layout = Layout(out_dir)
     device = resolve_device(settings.device, "infer.device")
     models = load_models(find_checkpoints(models_dir, settings.model, settings.fold, settings.checkpoint), device)
     slides = [inspect_slide(row, features_dir, out_dir) for _, row in samples.iterrows()]
     check_compatible(models, slides)
     threshold = median_threshold(models)
-    n_bins = int((models[0].checkpoint.get("model_config") or {}).get("n_bins") or 0) or None
+    n_bins = int((models[0].checkpoint.model_config or {}).get("n_bins") or 0) or None
     folds_used = ";".join(str(m.fold) for m in models)
-    tiles_dir = tiles_dir or out_dir / "tiles"
+    tiles_dir = tiles_dir or layout.tiles_dir
     by_case: dict[str, list[SlideInput]] = {}
     for s in slides:
         by_case.setdefault(s.case_id, []).append(s)
 
     rows = []
-    with atomic_path(out_dir / "heatmaps") as heat_dir:
+    with atomic_path(layout.heatmaps_dir) as heat_dir:
         heat_dir.mkdir(parents=True)
         for case_id, patient in tqdm(by_case.items(), desc="patients", unit="patient", mininterval=5):
-            usable = [s for s in patient if s.ok]
-            failed = "; ".join(f"slide {s.slide_id}: {s.reason}" for s in patient if not s.ok)
-            row = {"case_id": case_id, "slide_ids": ";".join(s.slide_id for s in patient),
-                   "slides_used": ";".join(s.slide_id for s in usable)}
-            if not usable:
-                rows.append({**row, "status": "missing", "reason": failed or "no slides", "folds_used": ""})
-                log.warning("patient %s: missing (%s)", case_id, failed)
+            row, output = predict_patient(case_id, patient, models, device, threshold, folds_used)
+            rows.append(row)
+            if output is None:
                 continue
-            output = predict_bag(models, read_features(usable), device)
-            risk = float(risk_from_survival(output.survival))
             n_bins = n_bins or len(output.survival)
-            group = "" if threshold is None else str(km.split_at(risk, threshold))
-            rows.append({**row, "status": "ok", "reason": failed, "risk": risk,
-                         **{f"S_{i}": float(v) for i, v in enumerate(output.survival)},
-                         "risk_group": group, "folds_used": folds_used})
-            for data in slide_attention(usable, output, models, tiles_dir):
-                if data.extra_attrs["geometry"] == ESTIMATED:  # no tiles store, no readable slide
-                    log.warning("%s: heatmap arrays and GeoJSON only (no picture): patch geometry unknown; "
-                                "it needs the tiles store, or the slide file and the features' patch_size_level0",
-                                data.slide_id)
-                    heatmaps.write_all(heat_dir, data, None, settings.top_k)
-                else:
-                    heatmaps.write_all(heat_dir, data, data_slide_path(usable, data.slide_id), settings.top_k)
+            write_heatmaps(heat_dir, [s for s in patient if s.ok], output, models, tiles_dir, settings.top_k)
         table = predictions_table(rows, n_bins or 0)
-        write_predictions(out_dir / "predictions.csv", table)
+        write_predictions(layout.predictions, table)
     n_missing = int((table["status"] == "missing").sum())
     log.info("predicted %d patients (%d missing) with %s fold(s) %s", len(table), n_missing, settings.model, folds_used)
     return table
+
+
+def predict_patient(case_id: str, patient: list[SlideInput], models: list[FoldModel], device: str,
+                    threshold: float | None, folds_used: str) -> tuple[dict, PatientOutput | None]:
+    """The patient's row of predictions.csv, and the forward passes' output (None: no usable slide)."""
+    from ghanet_pipeline.survival import km
+
+    usable = [s for s in patient if s.ok]
+    failed = "; ".join(f"slide {s.slide_id}: {s.reason}" for s in patient if not s.ok)
+    row = {"case_id": case_id, "slide_ids": ";".join(s.slide_id for s in patient),
+           "slides_used": ";".join(s.slide_id for s in usable)}
+    if not usable:
+        log.warning("patient %s: missing (%s)", case_id, failed)
+        return {**row, "status": "missing", "reason": failed or "no slides", "folds_used": ""}, None
+    output = predict_bag(models, read_features(usable), device)
+    risk = float(risk_from_survival(output.survival))
+    group = "" if threshold is None else str(km.split_at(risk, threshold))
+    return {**row, "status": "ok", "reason": failed, "risk": risk,
+            **{f"S_{i}": float(v) for i, v in enumerate(output.survival)},
+            "risk_group": group, "folds_used": folds_used}, output
+
+
+def write_heatmaps(heat_dir: Path, usable: list[SlideInput], output: PatientOutput, models: list[FoldModel],
+                   tiles_dir: Path, top_k: int) -> None:
+    from ghanet_pipeline.inference import heatmaps
+
+    for data in slide_attention(usable, output, models, tiles_dir):
+        if data.extra_attrs["geometry"] == ESTIMATED:  # no tiles store, no readable slide
+            log.warning("%s: heatmap arrays and GeoJSON only (no picture): patch geometry unknown; "
+                        "it needs the tiles store, or the slide file and the features' patch_size_level0",
+                        data.slide_id)
+            heatmaps.write_all(heat_dir, data, None, top_k)
+        else:
+            heatmaps.write_all(heat_dir, data, data_slide_path(usable, data.slide_id), top_k)
 
 
 def data_slide_path(patient: list[SlideInput], slide_id: str) -> str:

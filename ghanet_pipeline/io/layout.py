@@ -241,6 +241,60 @@ class Layout:
     def benchmark(self, stage: str, name: str) -> Path:
         return self.root / "benchmarks" / stage / f"{name}.tsv"
 
+    @property
+    def benchmarks_dir(self) -> Path:
+        """``benchmarks/``: one folder per rule, one ``{name}.tsv`` per job (see :meth:`benchmark`)."""
+        return self.benchmark("_", "_").parent.parent
+
+    @classmethod
+    def of_store(cls, store: str | Path) -> tuple[str, Layout | None]:
+        """``(kind, layout)`` of a store by its place in a run's tree: ``tiles`` (tiles/S.zarr),
+        ``heatmaps`` (heatmaps/S.zarr), ``features`` (features/ENC/S.zarr), else ``("", None)``."""
+        path = Path(store)
+        for kind in ("tiles", "heatmaps"):
+            layout = cls(path.parent.parent)
+            if path.parent == getattr(layout, f"{kind}_dir"):
+                return kind, layout
+        layout = cls(path.parent.parent.parent)
+        if path.parent.parent == layout.features_root:
+            return "features", layout
+        return "", None
+
+    @staticmethod
+    def store_in(folder: str | Path, slide_id: str) -> Path:
+        """``{folder}/{slide_id}.zarr``: a slide's store in a folder given on the command line
+        (``--features-dir``, ``--tiles-dir``), which need not sit in a run folder."""
+        return Path(folder) / f"{_safe(slide_id)}.zarr"
+
+    @staticmethod
+    def stores_in(folder: str | Path) -> list[Path]:
+        """The slide stores (``*.zarr``) of a folder, in name order."""
+        return sorted(Path(folder).glob("*.zarr"))
+
+    @staticmethod
+    def slide_id_of(store: str | Path) -> str:
+        """The slide id a store's file name carries (``{slide_id}.zarr``)."""
+        return Path(store).name.removesuffix(".zarr")
+
+    @staticmethod
+    def lock_of(store: str | Path) -> Path:
+        """``{store}.lock``: beside the store, not in it, so the store's atomic rename leaves it alone."""
+        store = Path(store)
+        return store.with_name(store.name + ".lock")
+
+    # export-clam: the CLAM layout (h5_files/, pt_files/) that MCAT / SurvPath / CLAM read
+    @staticmethod
+    def clam_h5_dir(clam_dir: str | Path) -> Path:
+        return Path(clam_dir) / "h5_files"
+
+    @staticmethod
+    def clam_h5(clam_dir: str | Path, slide_id: str) -> Path:
+        return Layout.clam_h5_dir(clam_dir) / f"{_safe(slide_id)}.h5"
+
+    @staticmethod
+    def clam_pt(clam_dir: str | Path, slide_id: str) -> Path:
+        return Path(clam_dir) / "pt_files" / f"{_safe(slide_id)}.pt"
+
 
 def encoder_dirname(encoder: str) -> str:
     """A folder name for an encoder id such as ``hf-hub:MahmoodLab/UNI``."""

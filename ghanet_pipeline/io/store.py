@@ -37,6 +37,7 @@ import numpy as np
 import zarr
 
 from ghanet_pipeline import __version__
+from ghanet_pipeline.io.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -201,33 +202,25 @@ def _store_root(group: zarr.Group) -> Path | None:
     return Path(root) / group.path if group.path else Path(root)
 
 
-def _guess_kind(path: Path) -> str:
-    """``tiles`` / ``features`` / ``heatmaps`` from the layout (OUT/tiles/S.zarr, OUT/features/ENC/S.zarr)."""
-    if path.parent.name in ("tiles", "heatmaps"):
-        return path.parent.name
-    if path.parent.parent.name == "features":
-        return "features"
-    return ""
-
-
 def rebuild_hint(store_path: str | Path, attrs: Mapping[str, Any] | None = None) -> str:
     """How to rebuild a store: by Snakemake (delete it and rerun) and by hand (the stage command)."""
     path = Path(store_path).absolute()
     attrs = dict(attrs or {})
-    kind = str(attrs.get("ghanet_store") or _guess_kind(path))
+    placed_kind, layout = Layout.of_store(path)
+    kind = str(attrs.get("ghanet_store") or placed_kind)
     slide_id = str(attrs.get("slide_id") or path.name.removesuffix(".zarr"))
     q = shlex.quote
     snakemake = (f"delete it (rm -r {q(str(path))}) and rerun the same snakemake command, which rebuilds it and "
                  "everything made from it")
     if kind == "features":
-        tiles = str(attrs.get("tiles_store") or path.parents[2] / "tiles" / path.name)
+        tiles = str(attrs.get("tiles_store") or (layout.tiles_dir / path.name if layout else "TILES_STORE"))
         slide = str(attrs.get("slide_path") or "SLIDE_FILE")
         return (f"{snakemake}; by hand: ghanet features --tiles {q(tiles)} --slide-path {q(slide)} "
                 f"--out {q(str(path))} --config config.yaml, then rerun the command that failed")
     if kind == "tiles":
         slide = str(attrs.get("source_path") or "SLIDE_FILE")
         return (f"{snakemake} (the slide's features are rebuilt too); by hand: ghanet tissue --slide-id {q(slide_id)} "
-                f"--slide-path {q(slide)} --out-dir {q(str(path.parent.parent))} --config config.yaml, "
+                f"--slide-path {q(slide)} --out-dir {q(str(layout.root if layout else path.parent.parent))} --config config.yaml, "
                 "then rebuild its features store")
     if kind == "heatmaps":
         return f"{snakemake}; by hand: rerun ghanet infer"

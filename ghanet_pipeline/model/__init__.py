@@ -10,9 +10,10 @@ For inference (slide only)::
     out["morphology"] (N,)   E1, gated attention over patches (G-HANet, ABMIL)
     out["association"] (G, N)  E2, top-20% softmax of M per token (G-HANet; None for ABMIL)
     out["association_logits"] (G, N)  M, round-2 cross-attention logits averaged over heads
-    ckpt["group_names"], ckpt["feature_dim"], ckpt["encoder"], ckpt["train_median_risk"], ...
+    ckpt.group_names, ckpt.feature_dim, ckpt.encoder, ckpt.train_median_risk, ...
+    (ckpt: ghanet_pipeline.contracts.training.CheckpointMeta, the checkpoint's metadata)
 
-``check_feature_dim(ckpt, dim, source)`` raises ``DimensionMismatchError`` naming both sides.
+``check_features(ckpt, dim, source, encoder=...)`` raises ``DimensionMismatchError`` naming both sides.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from ghanet_pipeline.model.names import GHANET_MODELS, MODEL_NAMES, SLIDE_MODELS
 _LAZY = {
     "ABMIL": "baselines", "SNN": "baselines", "GHANet": "ghanet",
     **{name: "factory" for name in (
-        "DimensionMismatchError", "build_model", "check_feature_dim", "check_genomic_columns",
-        "count_parameters", "load_checkpoint", "load_fold_model", "model_config",
+        "DimensionMismatchError", "build_model", "check_features", "check_genomic_columns",
+        "count_parameters", "load_checkpoint", "load_fold_model", "model_config", "read_checkpoint",
     )},
 }
 

@@ -80,7 +80,7 @@ def _read_block(
     the lock is for slide objects that are not)."""
     import cv2
 
-    from ghanet_pipeline.slides.slide import read_region_rgb
+    from ghanet_pipeline.slides.regions import read_region_rgb
 
     scale = qp.downsample / qp.level_downsample  # level px per quality px
     location = (int(round(x0 * qp.downsample)), int(round(y0 * qp.downsample)))

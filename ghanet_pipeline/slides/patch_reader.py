@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -27,7 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ghanet_pipeline.slides.slide import rgba_to_rgb
+from ghanet_pipeline.contracts.tiles import PatchGeometry, TilesStoreAttrs
+from ghanet_pipeline.io.store import has_integrity, read_array, require_array
+from ghanet_pipeline.slides.regions import read_pixels
+from ghanet_pipeline.slides.tiff_tiles import open_tile_reader
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,11 @@ MAX_RUN_WIDTH = 4096
 
 @dataclass(frozen=True)
 class PatchGrid:
-    """Where the patches of one slide are and how to read them (from the tiles store)."""
+    """Where the patches of one slide are (level-0 top-left corners) and how to read them."""
 
     slide_path: str
     coords: np.ndarray  # (N, 2) int64 level-0 top-left (x, y), row-major
-    read_level: int
-    patch_size_read: int  # px at the read level
-    patch_size: int  # px at the target mpp (what the encoder gets)
+    geometry: PatchGeometry
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
@@ -92,38 +92,6 @@ def plan_runs(xy_read: np.ndarray, patch_size_read: int, max_width: int = MAX_RU
     return runs
 
 
-def read_rgb(slide, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-    """``slide.read_region`` as RGB uint8 (h, w, 3), the same pixels, about twice as fast.
-
-    OpenSlide fills a buffer of premultiplied ARGB words; ``read_region`` then converts it to
-    straight RGBA and wraps it in a PIL image, which costs as much as decoding the JPEG. Here
-    the buffer is a numpy array and RGB is one strided copy (opaque pixels: premultiplied =
-    straight); the rare partly transparent pixels are un-premultiplied, transparent ones white.
-    Falls back to ``read_region`` when openslide-python's low-level call is not available.
-    """
-    import ctypes
-
-    from openslide import lowlevel
-
-    w, h = int(size[0]), int(size[1])
-    raw = getattr(lowlevel, "_read_region", None)
-    handle = getattr(slide, "_osr", None)
-    if raw is None or handle is None or sys.byteorder != "little" or w <= 0 or h <= 0:
-        return rgba_to_rgb(np.asarray(slide.read_region(location, level, (w, h))))
-    buf = np.empty((h, w), dtype=np.uint32)
-    raw(handle, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)), int(location[0]), int(location[1]), level, w, h)
-    bgra = buf.view(np.uint8).reshape(h, w, 4)  # little-endian 0xAARRGGBB -> bytes B, G, R, A
-    rgb = np.ascontiguousarray(bgra[..., 2::-1])
-    alpha = bgra[..., 3]
-    if alpha.min() < 255:
-        part = (alpha > 0) & (alpha < 255)
-        if part.any():
-            a = alpha[part].astype(np.uint32)[:, None]
-            rgb[part] = np.minimum(255, rgb[part].astype(np.uint32) * 255 // a).astype(np.uint8)
-        rgb[alpha == 0] = 255
-    return rgb
-
-
 def resize_patch(patch: np.ndarray, size: int) -> np.ndarray:
     """Read-level px -> target px: area average when shrinking, bilinear when enlarging.
 
@@ -162,8 +130,8 @@ class PatchDataset(Dataset):
 
             self._slide = openslide.OpenSlide(self.grid.slide_path)
             self._pid = os.getpid()
-            self._downsample = float(self._slide.level_downsamples[self.grid.read_level])
-            self._tiles = select_tile_reader(self.grid.slide_path, self._slide, self.grid.read_level)
+            self._downsample = float(self._slide.level_downsamples[self.grid.geometry.read_level])
+            self._tiles = select_tile_reader(self.grid.slide_path, self._slide, self.grid.geometry.read_level)
         return self._slide
 
     def close(self) -> None:
@@ -192,7 +160,7 @@ class PatchDataset(Dataset):
         ds = self._downsample or 1.0
         coords = grid.coords[start:stop]
         xy_read = np.rint(coords / ds).astype(np.int64)
-        psr, ps = grid.patch_size_read, grid.patch_size
+        psr, ps = grid.geometry.patch_size_read, grid.geometry.patch_size
         out = np.empty((len(coords), ps, ps, 3), np.uint8)
         ok = np.ones(len(coords), bool)
         errors: list[tuple[int, int, str]] = []
@@ -227,7 +195,7 @@ class PatchDataset(Dataset):
         ds = self._downsample or 1.0
         if self._tiles is not None and location[0] % ds == 0 and location[1] % ds == 0:
             return self._tiles.read(int(location[0] // ds), int(location[1] // ds), int(size[0]), int(size[1]))
-        return read_rgb(slide, location, self.grid.read_level, size)
+        return read_pixels(slide, location, self.grid.geometry.read_level, size)
 
 
 def select_tile_reader(slide_path: str, slide, level: int):
@@ -237,8 +205,6 @@ def select_tile_reader(slide_path: str, slide, level: int):
     """
     if os.environ.get("GHANET_TILE_READER", "1") == "0":
         return None
-    from ghanet_pipeline.slides.tiff_tiles import open_tile_reader
-
     return open_tile_reader(slide_path, slide, level)
 
 
@@ -291,26 +257,19 @@ def _iterate(dataset: PatchDataset, num_workers: int, pin_memory: bool, prefetch
 
 
 def read_patch_naive(slide, grid: PatchGrid, index: int) -> np.ndarray:
-    """The baseline the benchmark compares with: one public ``read_region`` per patch, then resize."""
+    """The baseline the benchmark compares with: one region read per patch, then resize."""
     x, y = (int(v) for v in grid.coords[index])
-    patch = rgba_to_rgb(np.asarray(slide.read_region((x, y), grid.read_level, (grid.patch_size_read,) * 2)))
-    return resize_patch(patch, grid.patch_size)
+    geometry = grid.geometry
+    patch = read_pixels(slide, (x, y), geometry.read_level, (geometry.patch_size_read,) * 2)
+    return resize_patch(patch, geometry.patch_size)
 
 
-def grid_from_store(tiles, slide_path: str | Path) -> PatchGrid:
-    """A :class:`PatchGrid` from an open tiles store (contract: attrs + ``coords``)."""
-    from ghanet_pipeline.io.store import has_integrity, read_array, require_array
-
-    attrs = dict(tiles.attrs)
+def grid_from_store(tiles, slide_path: str | Path, store_path: str | Path = "") -> PatchGrid:
+    """A :class:`PatchGrid` from an open tiles store (contract: ``TilesStoreAttrs`` + ``coords``)."""
+    attrs = TilesStoreAttrs.from_attrs(dict(tiles.attrs), source=store_path)
     if not has_integrity(require_array(tiles, "coords")):
         log.warning("tiles store of slide %s predates integrity records: a deleted coords chunk cannot be detected; "
-                    "rebuild it to add checksums", attrs.get("slide_id", "?"))
+                    "rebuild it to add checksums", attrs.slide_id)
     # Through the checking reader: a damaged tiles store raises DamagedStoreError, never a wrong grid.
     coords = read_array(tiles, "coords").astype(np.int64, copy=False).reshape(-1, 2)
-    return PatchGrid(
-        slide_path=str(slide_path),
-        coords=coords,
-        read_level=int(attrs["read_level"]),
-        patch_size_read=int(attrs["patch_size_read"]),
-        patch_size=int(attrs["patch_size"]),
-    )
+    return PatchGrid(slide_path=str(slide_path), coords=coords, geometry=attrs.geometry(source=store_path))

@@ -1,5 +1,7 @@
 """Slide access by microns per pixel: open, resolve the resolution, choose a read level.
 
+Pixels are read by :mod:`ghanet_pipeline.slides.regions`.
+
 Any format OpenSlide reads (SVS, NDPI, MRXS, SCN, generic tiled TIFF, DICOM, ...) opens
 through :func:`open_slide`; every OpenSlide or file-system error becomes a
 :class:`SlideError` that names the path, so a caller can record it and go on.
@@ -27,14 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
+from ghanet_pipeline.contracts.tiles import PatchGeometry
 
 log = logging.getLogger(__name__)
 
 PLAUSIBLE_MPP = (0.02, 100.0)
 MICRONS_PER_UNIT = {"inch": 25400.0, "centimeter": 10000.0, "millimeter": 1000.0, "micrometer": 1.0}
-# Pixels read per read_region call when a level is read in strips (bounds memory).
-STRIP_PIXELS = 16 * 1024 * 1024
 
 
 class SlideError(RuntimeError):
@@ -45,21 +45,6 @@ class SlideError(RuntimeError):
 class Mpp:
     value: float
     source: str  # sample_sheet | slide_properties | tiff_resolution | objective_power | config_default
-
-
-@dataclass(frozen=True)
-class LevelChoice:
-    """How to read patches of ``patch_size`` px at ``target_mpp`` from one level."""
-
-    level: int
-    downsample: float  # level-0 px per read-level px
-    level_mpp: float
-    target_mpp: float
-    patch_size: int  # px at target mpp (what the encoder sees)
-    patch_size_read: int  # px read at ``level`` and resized to ``patch_size``
-    patch_size_level0: int  # the same patch in level-0 px
-    effective_mpp: float  # physical patch size / patch_size
-    upsampled: bool  # level 0 is coarser than the target (beyond tolerance)
 
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
@@ -223,7 +208,7 @@ def choose_level(
     target_mpp: float,
     patch_size: int,
     tolerance: float,
-) -> LevelChoice:
+) -> PatchGeometry:
     """Read level and patch sizes for ``patch_size`` px at ``target_mpp`` (requested vs effective)."""
     level = pick_level(downsamples, mpp, target_mpp, tolerance)
     downsample = float(downsamples[level])
@@ -233,10 +218,10 @@ def choose_level(
     else:
         patch_read = max(1, int(round(patch_size * target_mpp / level_mpp)))
     patch_level0 = max(1, int(round(patch_read * downsample)))
-    return LevelChoice(
-        level=level,
-        downsample=downsample,
-        level_mpp=level_mpp,
+    return PatchGeometry(
+        read_level=level,
+        read_downsample=downsample,
+        read_level_mpp=level_mpp,
         target_mpp=target_mpp,
         patch_size=patch_size,
         patch_size_read=patch_read,
@@ -244,62 +229,6 @@ def choose_level(
         effective_mpp=patch_level0 * mpp / patch_size,
         upsampled=level_mpp > target_mpp * (1 + tolerance),
     )
-
-
-def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """RGB on white: OpenSlide marks pixels outside the scanned area fully transparent."""
-    rgb = np.ascontiguousarray(rgba[..., :3])
-    alpha = rgba[..., 3]
-    if alpha.size and alpha.min() == 0:  # most regions are opaque: skip the mask
-        rgb[alpha == 0] = 255
-    return rgb
-
-
-_rgba_to_rgb = rgba_to_rgb  # the former private name
-
-
-def read_region_rgb(slide, path: str | Path, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-    """``read_region`` as an RGB uint8 array; a read error is a :class:`SlideError` naming the path."""
-    import openslide
-
-    try:
-        image = slide.read_region(location, level, size)
-    except (openslide.OpenSlideError, OSError, ValueError) as err:
-        raise SlideError(
-            f"reading pixels of {path} failed (level {level}, at {location}, size {size}): {type(err).__name__}: {err}. "
-            f"The slide file is damaged in that region (a corrupt tile or a truncated copy): copy or export it again, "
-            f"{REMOVE_HINT}"
-        ) from err
-    return rgba_to_rgb(np.asarray(image))
-
-
-def read_level_resized(slide, path: str | Path, level: int, out_size: tuple[int, int]) -> np.ndarray:
-    """Level ``level`` shrunk (area average) to ``out_size`` = (w, h), read in horizontal strips.
-
-    Memory stays near :data:`STRIP_PIXELS` RGBA pixels plus the output, whatever the level's
-    size, so a single-level gigapixel slide is handled the same way as a pyramid.
-    """
-    import cv2
-
-    width, height = slide.level_dimensions[level]
-    out_w, out_h = out_size
-    downsample = float(slide.level_downsamples[level])
-    same = (out_w, out_h) == (width, height)
-    scale = height / out_h  # level rows per output row
-    out_rows_per_strip = max(1, int(STRIP_PIXELS / max(1, width) / max(scale, 1.0)))
-    out = np.empty((out_h, out_w, 3), np.uint8)
-    for o0 in range(0, out_h, out_rows_per_strip):
-        o1 = min(out_h, o0 + out_rows_per_strip)
-        r0 = int(round(o0 * scale))
-        r1 = height if o1 == out_h else int(round(o1 * scale))
-        r1 = max(r1, r0 + 1)
-        strip = read_region_rgb(slide, path, (0, int(round(r0 * downsample))), level, (width, r1 - r0))
-        if same:
-            out[o0:o1] = strip
-        else:
-            interp = cv2.INTER_AREA if scale >= 1 else cv2.INTER_LINEAR
-            out[o0:o1] = cv2.resize(strip, (out_w, o1 - o0), interpolation=interp)
-    return out
 
 
 def absolute_path(path: str | Path) -> str:

@@ -180,17 +180,7 @@ def write_aperio_svs(
     path = Path(path)
     sizes = level_sizes(width, height, downsample, levels)
     bigtiff = width * height * 3 > _BIGTIFF_RAW_BYTES
-    common = dict(
-        photometric="rgb",
-        compression="jpeg",
-        compressionargs={"level": int(quality)},
-        tile=(tile, tile),
-        metadata=None,
-        software=False,
-        maxworkers=maxworkers,
-    )
-    if mpp is not None:
-        common.update(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+    common = _page_options(tile, quality, mpp, maxworkers)
     log.debug("writing %s: levels %s", path, sizes)
     source: _LevelBuffer | None = None
     try:
@@ -218,6 +208,22 @@ def write_aperio_svs(
         if source is not None:
             source.close()
     return sizes
+
+
+def _page_options(tile: int, quality: int, mpp: float | None, maxworkers: int) -> dict:
+    """tifffile's write options shared by every level: JPEG tiles, and the resolution when there is one."""
+    options = dict(
+        photometric="rgb",
+        compression="jpeg",
+        compressionargs={"level": int(quality)},
+        tile=(tile, tile),
+        metadata=None,
+        software=False,
+        maxworkers=maxworkers,
+    )
+    if mpp is not None:
+        options.update(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+    return options
 
 
 def write_aperio_svs_from_array(

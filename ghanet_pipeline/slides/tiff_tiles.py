@@ -16,7 +16,7 @@ since libjpeg would otherwise guess YCbCr for Aperio's RGB tiles.
 It is only used when it gives the same pixels as OpenSlide: :func:`open_tile_reader` checks
 the page layout, then compares sample tiles (corners and the middle, edge tiles included)
 with ``read_region`` and returns ``None`` on any mismatch, so the caller keeps OpenSlide.
-Pixels outside the level are white, as :func:`ghanet_pipeline.slides.patch_reader.read_rgb` gives.
+Pixels outside the level are white, as :func:`ghanet_pipeline.slides.regions.read_pixels` gives.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+
+from ghanet_pipeline.slides.regions import read_pixels
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +148,6 @@ def _sample_tiles(reader: TileReader) -> list[tuple[int, int]]:
 
 def open_tile_reader(path: str | Path, slide, level: int) -> TileReader | None:
     """A :class:`TileReader` for ``level`` of ``slide`` (OpenSlide, open on ``path``) if its pixels match, else None."""
-    from ghanet_pipeline.slides.patch_reader import read_rgb
-
     try:
         import simplejpeg  # noqa: F401 - the strict decoder; without it, OpenSlide
         import tifffile
@@ -167,7 +167,7 @@ def open_tile_reader(path: str | Path, slide, level: int) -> TileReader | None:
             x, y = tx * reader.tile_w, ty * reader.tile_h
             w = min(reader.tile_w, reader.width - x)
             h = min(reader.tile_h, reader.height - y)
-            ref = read_rgb(slide, (int(round(x * ds)), int(round(y * ds))), level, (w, h))
+            ref = read_pixels(slide, (int(round(x * ds)), int(round(y * ds))), level, (w, h))
             if not np.array_equal(reader.read(x, y, w, h), ref):
                 log.info("%s: decoded tiles differ from OpenSlide at level %d; using OpenSlide", path, level)
                 reader.close()

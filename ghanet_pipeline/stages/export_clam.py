@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ghanet_pipeline.contracts.base import ContractError
 from ghanet_pipeline.features.export_clam import export_dir
 from ghanet_pipeline.io.store import DamagedStoreError
 
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         exported, skipped = export_dir(Path(args.features_dir), Path(args.out))
-    except DamagedStoreError as err:  # names the slide, the store and how to rebuild it
+    except (DamagedStoreError, ContractError) as err:  # names the slide, the store and how to rebuild it
         log.error("%s", err)
         return 1
     if not exported and not skipped:

@@ -7,7 +7,13 @@ import logging
 from pathlib import Path
 
 from ghanet_pipeline.config import FeatureSettings, stage_settings
-from ghanet_pipeline.features.extract import ShardItem, _main_one, extract_shard
+from ghanet_pipeline.features.extract import (
+    FeatureError,
+    ShardItem,
+    StoreLockedError,
+    extract,
+    extract_shard,
+)
 from ghanet_pipeline.stages.arguments import add_settings_arguments
 
 log = logging.getLogger(__name__)
@@ -37,5 +43,21 @@ def main(args: argparse.Namespace) -> int:
         return 2
     items = [ShardItem(Path(t), Path(s), Path(o)) for t, s, o in zip(args.tiles, args.slide_path, args.out)]
     if len(items) == 1 and not args.redo:  # one slide: today's job, the store redone as asked
-        return _main_one(items[0], settings, args.strict)
+        return run_one(items[0], settings, args.strict)
     return extract_shard(items, settings, strict=args.strict, redo={Path(r) for r in args.redo}).exit_code
+
+
+def run_one(item: ShardItem, settings: FeatureSettings, strict: bool) -> int:
+    """One slide's job: its exit code (docs/contracts.md, "features")."""
+    try:
+        status = extract(item.tiles, item.slide_path, item.out, settings, strict=strict)
+    except StoreLockedError as err:
+        log.error("%s", err)
+        return 3
+    except FeatureError as err:  # only raised in strict mode
+        log.error("%s", err)
+        return 1
+    except (FileNotFoundError, ValueError) as err:  # missing tiles store, weights offline, bad device/checkpoint
+        log.error("%s", err)
+        return 2
+    return 0 if status == "ok" or not strict else 1

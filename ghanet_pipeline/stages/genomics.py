@@ -1,4 +1,4 @@
-"""``ghanet genomics``: arguments, settings and exit codes; the work is in ``ghanet_pipeline.genomics.preprocess``."""
+"""``ghanet genomics``: arguments, settings and exit codes; the flow is ``ghanet_pipeline.genomics.preprocess``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ghanet_pipeline.config import stage_settings
 from ghanet_pipeline.genomics.folds import FoldError
 from ghanet_pipeline.genomics.groups import GroupDefinitionError
 from ghanet_pipeline.genomics.preprocess import GenomicsError, Inputs, run
+from ghanet_pipeline.io.manifest import ManifestError
 from ghanet_pipeline.io.sheet import SampleSheetError
 from ghanet_pipeline.stages.arguments import add_settings_arguments
 from ghanet_pipeline.survival.labels import LabelError
@@ -38,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
     )
     try:
         run(inputs, settings, args.out_dir)
-    except (GenomicsError, GroupDefinitionError, FoldError, LabelError, SampleSheetError) as err:
+    except (GenomicsError, GroupDefinitionError, FoldError, LabelError, ManifestError, SampleSheetError) as err:
         log.error("%s", err)
         return 1
     return 0

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from ghanet_pipeline.config import stage_settings
+from ghanet_pipeline.contracts.base import ContractError
 from ghanet_pipeline.inference.predict import InferError, run
 from ghanet_pipeline.io.store import DamagedStoreError
 from ghanet_pipeline.runtime.devices import DeviceError
@@ -38,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
         run(samples, Path(args.models_dir), Path(args.features_dir), Path(args.out_dir), settings,
             Path(args.tiles_dir) if args.tiles_dir else None)
     except (InferError, DimensionMismatchError, SampleSheetError, DeviceError, FileNotFoundError,
-            DamagedStoreError) as err:
+            DamagedStoreError, ContractError) as err:
         log.error("%s", err)
         return 1
     return 0

@@ -1,4 +1,4 @@
-"""``ghanet report``: arguments, settings and exit codes; the work is in ``ghanet_pipeline.report.build``."""
+"""``ghanet report``: arguments, settings and exit codes; readers in ``ghanet_pipeline.report.readers``, the page in ``ghanet_pipeline.report.html``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import logging
 from pathlib import Path
 
 from ghanet_pipeline.config import stage_settings
+from ghanet_pipeline.io.layout import Layout
 from ghanet_pipeline.io.store import write_text
-from ghanet_pipeline.report.build import build_report, parse_run_config
+from ghanet_pipeline.report.html import build_report
+from ghanet_pipeline.report.readers import parse_run_config
 from ghanet_pipeline.stages.arguments import add_settings_arguments
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
         log.error("--out-dir %s does not exist; point it at the run's output folder", out)
         return 2
     html_text = build_report(out, settings, parse_run_config(args.run_config))
-    target = Path(args.output) if args.output else out / "report" / "index.html"
+    target = Path(args.output) if args.output else Layout(out).report
     write_text(target, html_text)
     log.info("wrote %s (%.1f MB)", target, len(html_text) / 1e6)
     return 0

@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from ghanet_pipeline.contracts.base import ContractError
+from ghanet_pipeline.io.layout import ModelFiles
 from ghanet_pipeline.io.store import write_json
 from ghanet_pipeline.training.train import TrainInputError, summarize
 
@@ -21,12 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         summary = summarize(args.models_dir, args.model)
-    except TrainInputError as err:
+    except (TrainInputError, ContractError) as err:
         log.error("%s", err)
         return 1
-    out = Path(args.out) if args.out else Path(args.models_dir) / "summary.json"
-    write_json(out, summary)
+    out = Path(args.out) if args.out else ModelFiles(Path(args.models_dir)).summary
+    write_json(out, summary.to_attrs())
     log.info("%s: final-epoch c-index %s +- %s over %d folds (best-epoch, optimistic: %s)", args.model,
-             summary["cindex_final_mean"], summary["cindex_final_std"], len(summary["folds"]),
-             summary["cindex_best_mean_optimistic"])
+             summary.cindex_final_mean, summary.cindex_final_std, len(summary.folds),
+             summary.cindex_best_mean_optimistic)
     return 0

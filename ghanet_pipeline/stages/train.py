@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from ghanet_pipeline.config import stage_settings
+from ghanet_pipeline.io.layout import FoldFiles
 from ghanet_pipeline.model import MODEL_NAMES
 from ghanet_pipeline.stages.arguments import add_settings_arguments
 from ghanet_pipeline.training.train import TrainInputError, train_fold
@@ -51,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
     settings = stage_settings("train", args.config, args.settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "train.log", encoding="utf-8")
+    handler = logging.FileHandler(FoldFiles(out).log, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     try:

@@ -1,22 +1,26 @@
 """Patient bags from Zarr feature stores: every usable slide of a patient, concatenated.
 
-``find_patient_stores`` decides which patients have features (others are excluded with a
-reason); ``BagSource`` serves a patient's bag as a float32 tensor, from an in-memory cache when
-the cohort fits in the budget (kept in the stores' dtype, float16 stays float16), otherwise
-streamed from the stores on every request.
+The one reader of feature stores for training and inference: :func:`inspect_store` decides
+whether a slide's store can be used (or says why not), :func:`read_bag` reads the bag of a
+patient's usable slides. ``find_patient_stores`` decides which patients have features (others
+are excluded with a reason); ``BagSource`` serves a patient's bag as a float32 tensor, from an
+in-memory cache when the cohort fits in the budget (kept in the stores' dtype, float16 stays
+float16), otherwise streamed from the stores on every request.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ghanet_pipeline.contracts.features import FeatureStoreAttrs
+from ghanet_pipeline.io.layout import Layout
 from ghanet_pipeline.io.store import (
     DamagedStoreError,
     has_integrity,
@@ -34,12 +38,76 @@ class FeatureStoreError(ValueError):
 
 @dataclass(frozen=True)
 class SlideFeatures:
+    """A usable feature store: status ok, with at least one patch."""
+
     slide_id: str
     path: Path
     n_patches: int
     dim: int
     itemsize: int
     encoder: str
+    group: Any = field(default=None, compare=False, repr=False)  # the opened store
+    attrs: FeatureStoreAttrs | None = field(default=None, compare=False, repr=False)
+
+
+# Why a store cannot be used (UnusableStore.problem); each stage words its own message.
+MISSING, UNREADABLE, NOT_OK, EMPTY = "missing", "unreadable", "not ok", "empty"
+
+
+@dataclass(frozen=True)
+class UnusableStore:
+    slide_id: str
+    path: Path
+    problem: str  # MISSING, UNREADABLE, NOT_OK or EMPTY
+    detail: str = ""  # the error (UNREADABLE), the recorded reason (NOT_OK) or the shape (EMPTY)
+    status: str = ""  # the recorded status (NOT_OK)
+
+
+def inspect_store(path: Path, slide_id: str, *, with_coords: bool = False) -> SlideFeatures | UnusableStore:
+    """Open ``path`` and check it can serve a bag; a damaged finished store raises
+    :class:`DamagedStoreError` (a broken run output, never a silently missing slide).
+    ``with_coords``: the ``coords`` array must be there too (heatmaps need it)."""
+    if not path.exists():
+        return UnusableStore(slide_id, path, MISSING)
+    try:
+        group = open_store(path)
+    except DamagedStoreError:
+        raise
+    except (FileNotFoundError, ValueError, OSError) as err:
+        return UnusableStore(slide_id, path, UNREADABLE, str(err))
+    attrs = FeatureStoreAttrs.from_attrs(dict(group.attrs), source=path)
+    if not attrs.ok:
+        return UnusableStore(slide_id, path, NOT_OK, attrs.reason, str(attrs.status))
+    features = require_array(group, "features", slide_id=slide_id, store_path=path)
+    if with_coords:
+        require_array(group, "coords", slide_id=slide_id, store_path=path)
+    if not has_integrity(features):
+        log.warning("slide %s: feature store %s predates integrity records: only missing chunks are detected; "
+                    "rebuild it to add checksums", slide_id, path)
+    if features.ndim != 2 or features.shape[0] == 0:
+        return UnusableStore(slide_id, path, EMPTY, str(features.shape))
+    return SlideFeatures(slide_id, path, int(features.shape[0]), int(features.shape[1]), features.dtype.itemsize,
+                         attrs.encoder or "", group, attrs)
+
+
+def read_bag(slides: list[SlideFeatures]) -> np.ndarray:
+    """The bag of usable slides, rows concatenated in order; a damaged store raises
+    :class:`DamagedStoreError` (never reads as zeros)."""
+    parts = [read_array(s.group if s.group is not None else open_store(s.path), "features", slide_id=s.slide_id,
+                        store_path=s.path) for s in slides]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def _training_reason(unusable: UnusableStore) -> str:
+    """Why a patient's slide is left out of training (result.json, ``excluded``)."""
+    u = unusable
+    what = {
+        MISSING: f"no feature store at {u.path}",
+        UNREADABLE: f"unreadable feature store ({u.detail})",
+        NOT_OK: f"feature store status '{u.status}' ({u.detail})",
+        EMPTY: f"feature store {u.path} holds no patches (shape {u.detail})",
+    }[u.problem]
+    return f"slide {u.slide_id}: {what}"
 
 
 @dataclass(frozen=True)
@@ -48,29 +116,6 @@ class CohortFeatures:
     excluded: list[dict[str, str]]  # {"case_id", "reason"}
     dim: int
     encoder: str
-
-
-def _inspect(path: Path, slide_id: str) -> tuple[SlideFeatures | None, str]:
-    if not path.exists():
-        return None, f"slide {slide_id}: no feature store at {path}"
-    try:
-        group = open_store(path)
-    except DamagedStoreError:  # a finished store that lost files is a broken run output, not a bad slide
-        raise
-    except (FileNotFoundError, ValueError, OSError) as err:
-        return None, f"slide {slide_id}: unreadable feature store ({err})"
-    attrs = dict(group.attrs)
-    status = str(attrs.get("status", "ok"))
-    if status != "ok":
-        return None, f"slide {slide_id}: feature store status '{status}' ({attrs.get('reason', '')})"
-    arr = require_array(group, "features", slide_id=slide_id, store_path=path)
-    if not has_integrity(arr):
-        log.warning("slide %s: feature store %s predates integrity records: only missing chunks are detected; "
-                    "rebuild it to add checksums", slide_id, path)
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        return None, f"slide {slide_id}: feature store {path} holds no patches (shape {arr.shape})"
-    return SlideFeatures(slide_id, path, int(arr.shape[0]), int(arr.shape[1]), arr.dtype.itemsize,
-                         str(attrs.get("encoder", ""))), ""
 
 
 def find_patient_stores(slides_by_case: Mapping[str, Iterable[str]], features_dir: str | Path) -> CohortFeatures:
@@ -83,9 +128,9 @@ def find_patient_stores(slides_by_case: Mapping[str, Iterable[str]], features_di
     for case_id, slide_ids in slides_by_case.items():
         usable, reasons = [], []
         for slide_id in slide_ids:
-            found, reason = _inspect(features_dir / f"{slide_id}.zarr", slide_id)
-            if found is None:
-                reasons.append(reason)
+            found = inspect_store(Layout.store_in(features_dir, slide_id), slide_id)
+            if isinstance(found, UnusableStore):
+                reasons.append(_training_reason(found))
                 continue
             usable.append(found)
             dims.setdefault(found.dim, found.path)
@@ -119,12 +164,6 @@ def available_memory_bytes() -> int:
         return 4 << 30
 
 
-def _read_bag(slides: list[SlideFeatures]) -> np.ndarray:
-    """The patient's bag; a damaged store raises :class:`DamagedStoreError` (never reads as zeros)."""
-    parts = [read_array(open_store(s.path), "features", slide_id=s.slide_id, store_path=s.path) for s in slides]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-
-
 class BagSource:
     """Patient bags by case id; cached in memory when they fit ``cache_bytes`` (None = half of free RAM)."""
 
@@ -138,7 +177,7 @@ class BagSource:
                  total / 1e9, "cached in memory" if self.in_memory else "streamed from the stores", budget / 1e9)
         if self.in_memory:
             for case_id in tqdm(sorted(self.stores), desc="loading features", unit="patient", mininterval=5):
-                self.cache[case_id] = _read_bag(self.stores[case_id])
+                self.cache[case_id] = read_bag(self.stores[case_id])
 
     def __contains__(self, case_id: str) -> bool:
         return case_id in self.stores
@@ -150,7 +189,7 @@ class BagSource:
         """The bag (N, D) as float32; ``rows`` picks a subset (sorted row indices)."""
         bag = self.cache.get(case_id)
         if bag is None:
-            bag = _read_bag(self.stores[case_id])
+            bag = read_bag(self.stores[case_id])
         if rows is not None:
             bag = bag[rows]
         return torch.from_numpy(np.ascontiguousarray(bag, dtype=np.float32))

@@ -38,6 +38,22 @@ from tqdm import tqdm
 
 from ghanet_pipeline import __version__
 from ghanet_pipeline.config import TrainSettings
+from ghanet_pipeline.contracts.base import ContractError, read_json_record
+from ghanet_pipeline.contracts.training import (
+    BEST_NOTE,
+    POPULATION_STD,
+    SELECTION_BEST,
+    SELECTION_FINAL,
+    CheckpointMeta,
+    FoldResult,
+    ModelSummary,
+)
+from ghanet_pipeline.io.layout import (
+    FoldFiles,
+    GenomicsFiles,
+    GenomicsFoldFiles,
+    ModelFiles,
+)
 from ghanet_pipeline.io.store import atomic_path, write_json
 from ghanet_pipeline.model import (
     GHANET_MODELS,
@@ -45,6 +61,7 @@ from ghanet_pipeline.model import (
     SLIDE_MODELS,
     build_model,
     model_config,
+    read_checkpoint,
 )
 from ghanet_pipeline.model.losses import nll_survival_loss, reconstruction_loss
 from ghanet_pipeline.runtime.devices import resolve_device
@@ -52,8 +69,6 @@ from ghanet_pipeline.survival.metrics import concordance_index, risk_from_surviv
 from ghanet_pipeline.training.bags import BagSource, find_patient_stores
 
 log = logging.getLogger(__name__)
-
-RESUME_FILE = "resume.pt"
 
 
 class TrainInputError(ValueError):
@@ -87,46 +102,55 @@ def _split_slides(value: Any) -> list[str]:
     return [s for s in str(value).split(";") if s]
 
 
-def load_genomics_fold(genomics_dir: str | Path, fold: int) -> GenomicsFold:
-    root = Path(genomics_dir)
-    patients_csv = root / "patients.csv"
-    if not patients_csv.is_file():
-        raise TrainInputError(f"{patients_csv}: missing; run 'ghanet genomics' first")
-    patients = pd.read_csv(patients_csv, dtype={"case_id": str, "slide_ids": str})
+def _read_patients(files: GenomicsFiles) -> pd.DataFrame:
+    path = files.patients
+    if not path.is_file():
+        raise TrainInputError(f"{path}: missing; run 'ghanet genomics' first")
+    patients = pd.read_csv(path, dtype={"case_id": str, "slide_ids": str})
     needed = {"case_id", "survival_months", "censorship", "bin", "label"}
     if needed - set(patients.columns):
-        raise TrainInputError(f"{patients_csv}: lacks columns {sorted(needed - set(patients.columns))}")
+        raise TrainInputError(f"{path}: lacks columns {sorted(needed - set(patients.columns))}")
     if "slide_ids" not in patients.columns:
         patients["slide_ids"] = ""
-    patients = patients.drop_duplicates("case_id").set_index("case_id")
+    return patients.drop_duplicates("case_id").set_index("case_id")
 
-    groups = _read_json(root / "groups.json")["groups"]
-    group_names = [str(g["name"]) for g in groups]
-    fold_dir = root / f"fold{fold}"
-    split = _read_json(fold_dir / "split.json")
-    targets = _read_json(fold_dir / "targets.json")["groups"]
-    parquet = fold_dir / "genomics.parquet"
-    if not parquet.is_file():
-        raise TrainInputError(f"{parquet}: missing; run 'ghanet genomics' first")
-    genomics = pd.read_parquet(parquet)
+
+def _read_fold_genomics(files: GenomicsFoldFiles) -> pd.DataFrame:
+    if not files.table.is_file():
+        raise TrainInputError(f"{files.table}: missing; run 'ghanet genomics' first")
+    genomics = pd.read_parquet(files.table)
     if genomics.index.name != "case_id" and "case_id" in genomics.columns:
         genomics = genomics.set_index("case_id")
     genomics.index = genomics.index.astype(str)
+    return genomics
 
+
+def _target_columns(files: GenomicsFoldFiles, group_names: list[str], genomics: pd.DataFrame) -> dict[str, list[str]]:
+    targets = _read_json(files.targets)["groups"]
     target_columns: dict[str, list[str]] = {}
     for name in group_names:
         cols = [str(c) for c in targets.get(name, [])]
         if not cols:
-            raise TrainInputError(f"{fold_dir / 'targets.json'}: group '{name}' has no target column (need >= 1)")
+            raise TrainInputError(f"{files.targets}: group '{name}' has no target column (need >= 1)")
         absent = [c for c in cols if c not in genomics.columns]
         if absent:
             raise TrainInputError(
-                f"{fold_dir / 'targets.json'} names columns absent from {parquet}: {absent[:5]}; rerun 'ghanet genomics'"
+                f"{files.targets} names columns absent from {files.table}: {absent[:5]}; rerun 'ghanet genomics'"
             )
         target_columns[name] = cols
+    return target_columns
 
-    summary_path = root / "summary.json"
-    edges = [float(e) for e in json.loads(summary_path.read_text()).get("bin_edges", [])] if summary_path.is_file() else []
+
+def load_genomics_fold(genomics_dir: str | Path, fold: int) -> GenomicsFold:
+    files = GenomicsFiles(Path(genomics_dir))
+    patients = _read_patients(files)
+    group_names = [str(g["name"]) for g in _read_json(files.groups)["groups"]]
+    fold_files = files.fold(fold)
+    split = _read_json(fold_files.split)
+    genomics = _read_fold_genomics(fold_files)
+    target_columns = _target_columns(fold_files, group_names, genomics)
+    summary = files.summary
+    edges = [float(e) for e in json.loads(summary.read_text()).get("bin_edges", [])] if summary.is_file() else []
     n_bins = len(edges) - 1 if len(edges) >= 2 else int(patients["bin"].max()) + 1
     return GenomicsFold(
         patients=patients,
@@ -333,6 +357,11 @@ def cindex_of(patients: list[Patient], survival: np.ndarray) -> float:
     return concordance_index(risk, [p.survival_months for p in patients], [p.censorship for p in patients])
 
 
+def median_risk(survival: np.ndarray) -> float:
+    """The median risk of the training set under some weights: inference's risk-group threshold."""
+    return float(np.median(risk_from_survival(survival)))
+
+
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -360,6 +389,10 @@ def save_torch(obj: dict, path: Path) -> None:
             raise
         weights = sum(t.numel() * t.element_size() for t in (obj.get("state_dict") or {}).values())
         raise DiskFullError(Path(path), weights) from err
+
+
+def save_checkpoint(meta: CheckpointMeta, weights: dict[str, torch.Tensor], path: Path) -> None:
+    save_torch(meta.checkpoint(weights), path)
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -391,18 +424,22 @@ class RunSpec:
     model_config: dict
     recon_weight: float
     fingerprint: str
-    checkpoint_base: dict
+    checkpoint: CheckpointMeta  # what both checkpoints record; epoch, median risk and selection set on saving
+    n_bins: int
+
+
+def _model_config_for(model_name: str, gf: GenomicsFold, cohort: Cohort, settings: TrainSettings) -> dict:
+    if model_name in GHANET_MODELS:
+        return model_config(model_name, feature_dim=cohort.feature_dim,
+                            group_sizes=[len(gf.target_columns[g]) for g in gf.group_names],
+                            n_bins=gf.n_bins, attention_mode=settings.attention_mode)
+    if model_name == "abmil":
+        return model_config("abmil", feature_dim=cohort.feature_dim, n_bins=gf.n_bins)
+    return model_config("snn", genomic_dim=gf.genomics.shape[1], n_bins=gf.n_bins)
 
 
 def run_spec(model_name: str, fold: int, gf: GenomicsFold, cohort: Cohort, settings: TrainSettings) -> RunSpec:
-    if model_name in GHANET_MODELS:
-        config = model_config(model_name, feature_dim=cohort.feature_dim,
-                              group_sizes=[len(gf.target_columns[g]) for g in gf.group_names],
-                              n_bins=gf.n_bins, attention_mode=settings.attention_mode)
-    elif model_name == "abmil":
-        config = model_config("abmil", feature_dim=cohort.feature_dim, n_bins=gf.n_bins)
-    else:
-        config = model_config("snn", genomic_dim=gf.genomics.shape[1], n_bins=gf.n_bins)
+    config = _model_config_for(model_name, gf, cohort, settings)
     recon_weight = settings.recon_weight if model_name == "ghanet" else 0.0
     relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("models", "device", "cache_gb")}
     ids = json.dumps([[p.case_id for p in cohort.train], [p.case_id for p in cohort.val]])
@@ -410,20 +447,20 @@ def run_spec(model_name: str, fold: int, gf: GenomicsFold, cohort: Cohort, setti
         "model": model_name, "fold": fold, "model_config": config, "settings": relevant,
         "patients": hashlib.sha256(ids.encode()).hexdigest(),
     }, sort_keys=True)
-    base = {
-        "model": model_name,
-        "model_config": config,
-        "encoder": cohort.encoder,
-        "feature_dim": int(cohort.feature_dim),
-        "group_names": list(gf.group_names),
-        "target_columns": {k: list(v) for k, v in gf.target_columns.items()},
-        "genomic_columns": [str(c) for c in gf.genomics.columns] if model_name == "snn" else [],
-        "bin_edges": list(gf.bin_edges),
-        "n_bins": int(gf.n_bins),
-        "fold": int(fold),
-        "package_version": __version__,
-    }
-    return RunSpec(model_name, fold, config, recon_weight, fingerprint, base)
+    meta = CheckpointMeta(
+        model=model_name,
+        model_config=config,
+        encoder=cohort.encoder,
+        feature_dim=int(cohort.feature_dim),
+        group_names=tuple(gf.group_names),
+        target_columns={k: list(v) for k, v in gf.target_columns.items()},
+        genomic_columns=tuple(str(c) for c in gf.genomics.columns) if model_name == "snn" else (),
+        bin_edges=tuple(gf.bin_edges),
+        n_bins=int(gf.n_bins),
+        fold=int(fold),
+        package_version=__version__,
+    )
+    return RunSpec(model_name, fold, config, recon_weight, fingerprint, meta, int(gf.n_bins))
 
 
 def try_resume(path: Path, fingerprint: str) -> dict | None:
@@ -443,15 +480,142 @@ def try_resume(path: Path, fingerprint: str) -> dict | None:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _finish_best(model_name: str, spec: RunSpec, cohort: Cohort, device: torch.device, settings: TrainSettings,
-                 path: Path) -> None:
-    """Add the train median risk of the best epoch's weights to ``checkpoint_best.pt`` (saved
-    without it during the loop): one training-set pass at the end instead of one per improvement."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(model_name, spec.model_config)
-    model.load_state_dict(ckpt["state_dict"])
+@dataclass
+class TrainingRun:
+    """What changes while a fold trains; ``resume.pt`` keeps it after every epoch."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    history: list[dict]
+    best: dict  # {"cindex", "epoch"} of the best validation c-index so far (epoch 0: none yet)
+    start_epoch: int = 1
+
+
+def start_run(spec: RunSpec, settings: TrainSettings, device: torch.device, files: FoldFiles) -> TrainingRun:
+    """A fresh model and optimiser, or the state of ``resume.pt`` when it was written by this configuration."""
+    torch.manual_seed(settings.seed)
+    model = build_model(spec.model_name, spec.model_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    run = TrainingRun(model, optimizer, [], {"cindex": -math.inf, "epoch": 0})
+    state = try_resume(files.resume, spec.fingerprint)
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        run.history, run.best = list(state["history"]), dict(state["best"])
+        run.start_epoch = int(state["epoch"]) + 1
+        log.info("resuming from %s after epoch %d", files.resume, state["epoch"])
+    return run
+
+
+def save_resume(run: TrainingRun, spec: RunSpec, epoch: int, device: torch.device, path: Path) -> None:
+    save_torch({
+        "fingerprint": spec.fingerprint, "epoch": epoch, "state_dict": cpu_state(run.model),
+        "optimizer": run.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        "history": run.history, "best": run.best,
+    }, path)
+
+
+def run_epochs(run: TrainingRun, cohort: Cohort, spec: RunSpec, settings: TrainSettings, device: torch.device,
+               files: FoldFiles) -> np.ndarray | None:
+    """Train the remaining epochs; returns the last epoch's validation curves (None if none was left)."""
+    s_val = None
+    for epoch in range(run.start_epoch, settings.epochs + 1):
+        t0 = time.time()
+        losses = train_epoch(run.model, run.optimizer, cohort.train, cohort.bags, settings, spec.recon_weight, epoch,
+                             device)
+        s_val, h_val = evaluate(run.model, cohort.val, cohort.bags, device, settings.precision)
+        c_val, val_loss = cindex_of(cohort.val, s_val), nll_of(cohort.val, h_val)
+        # train_cindex is filled at the last epoch only: predicting the training set every epoch
+        # cost ~23 % of the epoch (issue 15); the learning curve uses the training loss.
+        run.history.append({"epoch": epoch, **losses, "val_loss": val_loss, "val_cindex": c_val,
+                            "train_cindex": math.nan, "lr": run.optimizer.param_groups[0]["lr"],
+                            "seconds": round(time.time() - t0, 3)})
+        log.info("epoch %d/%d: loss %.4f (nll %.4f, recon %.4f), val loss %.4f, val c-index %.4f", epoch,
+                 settings.epochs, losses["loss"], losses["nll"], losses["recon"], val_loss, c_val)
+        if math.isfinite(c_val) and c_val > run.best["cindex"]:
+            run.best = {"cindex": c_val, "epoch": epoch}
+            # its train median risk is added at the end of the run (complete_best), from these weights
+            meta = spec.checkpoint.replace(epoch=epoch, train_median_risk=None, val_cindex=c_val,
+                                           selection=SELECTION_BEST)
+            save_checkpoint(meta, cpu_state(run.model), files.checkpoint("best"))
+        write_metrics(run.history, files.metrics)
+        save_resume(run, spec, epoch, device, files.resume)
+    return s_val
+
+
+@dataclass(frozen=True)
+class FinalStatistics:
+    cindex_val: float  # of the final weights
+    cindex_train: float
+    train_median_risk: float
+
+
+def complete_best(run: TrainingRun, final: CheckpointMeta, weights: dict[str, torch.Tensor], cohort: Cohort,
+                  settings: TrainSettings, device: torch.device, files: FoldFiles) -> None:
+    """Give ``checkpoint_best.pt`` (saved during the loop without it) the train median risk of
+    its own weights: one training-set pass at the end instead of one per improvement."""
+    path = files.checkpoint("best")
+    if run.best["epoch"] == 0:  # no finite validation c-index: the final model stands in
+        save_checkpoint(final.replace(selection=SELECTION_BEST), weights, path)
+        run.best = {"cindex": final.val_cindex, "epoch": settings.epochs}
+        return
+    meta, best_weights = read_checkpoint(path)
+    if run.best["epoch"] == settings.epochs:  # the best weights are the final weights
+        save_checkpoint(meta.replace(train_median_risk=final.train_median_risk), best_weights, path)
+        return
+    model = build_model(meta.model, dict(meta.model_config))
+    model.load_state_dict(best_weights)
     survival = predict(model.to(device), cohort.train, cohort.bags, device, settings.precision)
-    save_torch({**ckpt, "train_median_risk": float(np.median(risk_from_survival(survival)))}, path)
+    save_checkpoint(meta.replace(train_median_risk=median_risk(survival)), best_weights, path)
+
+
+def finish_run(run: TrainingRun, cohort: Cohort, spec: RunSpec, settings: TrainSettings, device: torch.device,
+               files: FoldFiles, s_val: np.ndarray | None) -> FinalStatistics:
+    """Train-set statistics once, from the final weights (the median risk, the risk-group
+    threshold of inference, and the train c-index of the last epoch); both checkpoints, the
+    final metrics and the validation predictions."""
+    t0 = time.time()
+    s_train = predict(run.model, cohort.train, cohort.bags, device, settings.precision)
+    stats_median, c_train = median_risk(s_train), cindex_of(cohort.train, s_train)
+    if run.history:
+        run.history[-1]["train_cindex"] = c_train
+    if s_val is None:  # resumed after the last epoch; else the last epoch's are these weights' own
+        s_val = predict(run.model, cohort.val, cohort.bags, device, settings.precision)
+    c_final = cindex_of(cohort.val, s_val)
+    final = spec.checkpoint.replace(epoch=settings.epochs, train_median_risk=stats_median, val_cindex=c_final,
+                                    selection=SELECTION_FINAL)
+    weights = cpu_state(run.model)
+    save_checkpoint(final, weights, files.checkpoint("final"))
+    complete_best(run, final, weights, cohort, settings, device, files)
+    log.info("train-set statistics and final predictions: %.1f s", time.time() - t0)
+    write_metrics(run.history, files.metrics)
+    write_predictions(cohort.val, s_val, spec.n_bins, files.predictions)
+    return FinalStatistics(c_final, c_train, stats_median)
+
+
+def fold_result(spec: RunSpec, cohort: Cohort, run: TrainingRun, stats: FinalStatistics, settings: TrainSettings,
+                device: torch.device, started: float) -> FoldResult:
+    return FoldResult(
+        model=spec.model_name,
+        fold=spec.fold,
+        cindex_final=_finite_or_none(stats.cindex_val),
+        cindex_best=_finite_or_none(run.best["cindex"]),
+        best_epoch=int(run.best["epoch"]),
+        best_note=BEST_NOTE,
+        cindex_train_final=_finite_or_none(stats.cindex_train),
+        epochs=settings.epochs,
+        n_train=len(cohort.train),
+        n_val=len(cohort.val),
+        excluded=tuple(cohort.excluded),
+        train_median_risk=_finite_or_none(stats.train_median_risk),
+        device=str(device),
+        seconds=round(time.time() - started, 2),
+        package_version=__version__,
+    )
 
 
 def train_fold(
@@ -461,13 +625,14 @@ def train_fold(
     features_dir: str | Path | None,
     out_dir: str | Path,
     settings: TrainSettings,
-) -> dict:
-    """Train one model on one fold; writes every output of the stage and returns result.json's dict."""
+) -> dict[str, Any]:
+    """Train one model on one fold; writes every output of the stage (``out_dir`` is the fold
+    folder, :class:`FoldFiles`) and returns what it wrote to result.json."""
     if model_name not in MODEL_NAMES:
         raise TrainInputError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}")
     started = time.time()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    files = FoldFiles(Path(out_dir))
+    files.dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(settings.device, "train.device")
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -479,114 +644,43 @@ def train_fold(
     log.info("%s fold %d: %d training, %d validation patients, %d excluded; device %s", model_name, fold,
              len(cohort.train), len(cohort.val), len(cohort.excluded), device)
 
-    torch.manual_seed(settings.seed)
-    model = build_model(model_name, spec.model_config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    history: list[dict] = []
-    best = {"cindex": -math.inf, "epoch": 0}
-    start_epoch = 1
-    resume_path = out / RESUME_FILE
-    state = try_resume(resume_path, spec.fingerprint)
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        history, best = list(state["history"]), dict(state["best"])
-        start_epoch = int(state["epoch"]) + 1
-        log.info("resuming from %s after epoch %d", resume_path, state["epoch"])
-
-    s_val = None
-    for epoch in range(start_epoch, settings.epochs + 1):
-        t0 = time.time()
-        losses = train_epoch(model, optimizer, cohort.train, cohort.bags, settings, spec.recon_weight, epoch, device)
-        s_val, h_val = evaluate(model, cohort.val, cohort.bags, device, settings.precision)
-        c_val, val_loss = cindex_of(cohort.val, s_val), nll_of(cohort.val, h_val)
-        # train_cindex is filled at the last epoch only: predicting the training set every epoch
-        # cost ~23 % of the epoch (issue 15); the learning curve uses the training loss.
-        history.append({"epoch": epoch, **losses, "val_loss": val_loss, "val_cindex": c_val,
-                        "train_cindex": math.nan, "lr": optimizer.param_groups[0]["lr"],
-                        "seconds": round(time.time() - t0, 3)})
-        log.info("epoch %d/%d: loss %.4f (nll %.4f, recon %.4f), val loss %.4f, val c-index %.4f", epoch,
-                 settings.epochs, losses["loss"], losses["nll"], losses["recon"], val_loss, c_val)
-        if math.isfinite(c_val) and c_val > best["cindex"]:
-            best = {"cindex": c_val, "epoch": epoch}
-            # its train median risk is added at the end of the run (_finish_best), from these weights
-            save_torch({**spec.checkpoint_base, "state_dict": cpu_state(model), "epoch": epoch,
-                        "train_median_risk": None, "val_cindex": c_val,
-                        "selection": "best_val_optimistic"}, out / "checkpoint_best.pt")
-        write_metrics(history, out / "metrics.csv")
-        save_torch({
-            "fingerprint": spec.fingerprint, "epoch": epoch, "state_dict": cpu_state(model),
-            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-            "history": history, "best": best,
-        }, resume_path)
-
-    # Train-set statistics once, from the final weights: the median risk (the risk-group
-    # threshold of inference) and the train c-index of the last epoch.
-    t0 = time.time()
-    s_train = predict(model, cohort.train, cohort.bags, device, settings.precision)
-    median_risk = float(np.median(risk_from_survival(s_train)))
-    c_train = cindex_of(cohort.train, s_train)
-    if history:
-        history[-1]["train_cindex"] = c_train
-    if s_val is None:  # resumed after the last epoch; else the last epoch's are these weights' own
-        s_val = predict(model, cohort.val, cohort.bags, device, settings.precision)
-    c_final = cindex_of(cohort.val, s_val)
-    final = {**spec.checkpoint_base, "state_dict": cpu_state(model), "epoch": settings.epochs,
-             "train_median_risk": median_risk, "val_cindex": c_final, "selection": "final"}
-    save_torch(final, out / "checkpoint_final.pt")
-    if best["epoch"] == 0:  # no finite validation c-index: the final model stands in
-        save_torch({**final, "selection": "best_val_optimistic"}, out / "checkpoint_best.pt")
-        best = {"cindex": c_final, "epoch": settings.epochs}
-    elif best["epoch"] == settings.epochs:  # the best weights are the final weights
-        best_ckpt = torch.load(out / "checkpoint_best.pt", map_location="cpu", weights_only=True)
-        save_torch({**best_ckpt, "train_median_risk": median_risk}, out / "checkpoint_best.pt")
-    else:
-        _finish_best(model_name, spec, cohort, device, settings, out / "checkpoint_best.pt")
-    log.info("train-set statistics and final predictions: %.1f s", time.time() - t0)
-    write_metrics(history, out / "metrics.csv")
-    write_predictions(cohort.val, s_val, gf.n_bins, out / "predictions_val.csv")
-    result = {
-        "model": model_name,
-        "fold": fold,
-        "cindex_final": _finite_or_none(c_final),
-        "cindex_best": _finite_or_none(best["cindex"]),
-        "best_epoch": int(best["epoch"]),
-        "best_note": "optimistic: the epoch is selected on the validation fold",
-        "cindex_train_final": _finite_or_none(c_train),
-        "epochs": settings.epochs,
-        "n_train": len(cohort.train),
-        "n_val": len(cohort.val),
-        "excluded": cohort.excluded,
-        "train_median_risk": _finite_or_none(median_risk),
-        "device": str(device),
-        "seconds": round(time.time() - started, 2),
-        "package_version": __version__,
-    }
-    write_json(out / "result.json", result)
-    resume_path.unlink(missing_ok=True)
+    run = start_run(spec, settings, device, files)
+    s_val = run_epochs(run, cohort, spec, settings, device, files)
+    stats = finish_run(run, cohort, spec, settings, device, files, s_val)
+    result = fold_result(spec, cohort, run, stats, settings, device, started)
+    write_json(files.result, result.to_attrs())
+    files.resume.unlink(missing_ok=True)
     log.info("%s fold %d done: final c-index %s, best %s (epoch %d, optimistic)", model_name, fold,
-             result["cindex_final"], result["cindex_best"], result["best_epoch"])
-    return result
+             result.cindex_final, result.cindex_best, result.best_epoch)
+    return result.to_attrs()
 
 
 # ----------------------------------------------------------------------------- summary
 
 
-def summarize(models_dir: str | Path, model_name: str | None = None) -> dict:
+def read_fold_results(models_dir: str | Path) -> list[FoldResult]:
+    """``fold*/result.json`` of one model, in fold order."""
+    results = []
+    for fold_dir in ModelFiles(Path(models_dir)).fold_dirs():
+        path = FoldFiles(fold_dir).result
+        if not path.is_file():
+            continue
+        result = read_json_record(FoldResult, path)
+        if result.fold is None:
+            raise ContractError(f"{path} lacks 'fold'; rerun 'ghanet train' for {fold_dir}")
+        results.append(result)
+    return results
+
+
+def summarize(models_dir: str | Path, model_name: str | None = None) -> ModelSummary:
     """Cross-fold mean and population std of the final-epoch and (optimistic) best-epoch c-index."""
     root = Path(models_dir)
-    results = []
-    for path in sorted(root.glob("fold*/result.json"), key=lambda p: int(p.parent.name[4:] or 0)):
-        results.append(json.loads(path.read_text()))
+    results = read_fold_results(root)
     if not results:
         raise TrainInputError(f"{root}: no fold*/result.json; run 'ghanet train' for each fold first")
 
-    def stats(key: str) -> tuple[list, float | None, float | None]:
-        values = [r.get(key) for r in results]
+    def stats(key: str) -> tuple[tuple, float | None, float | None]:
+        values = tuple(getattr(r, key) for r in results)
         finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
         if not len(finite):
             return values, None, None
@@ -594,17 +688,17 @@ def summarize(models_dir: str | Path, model_name: str | None = None) -> dict:
 
     final, final_mean, final_std = stats("cindex_final")
     best, best_mean, best_std = stats("cindex_best")
-    return {
-        "model": model_name or root.name,
-        "folds": [int(r["fold"]) for r in results],
-        "cindex_final_mean": final_mean,
-        "cindex_final_std": final_std,
-        "cindex_final_per_fold": final,
-        "cindex_best_mean_optimistic": best_mean,
-        "cindex_best_std_optimistic": best_std,
-        "cindex_best_per_fold_optimistic": best,
-        "best_epoch_per_fold_optimistic": [r.get("best_epoch") for r in results],
-        "n_val_per_fold": [r.get("n_val") for r in results],
-        "n_excluded_per_fold": [len(r.get("excluded", [])) for r in results],
-        "std": "population (ddof=0)",
-    }
+    return ModelSummary(
+        model=model_name or root.name,
+        folds=tuple(int(r.fold) for r in results),
+        cindex_final_mean=final_mean,
+        cindex_final_std=final_std,
+        cindex_final_per_fold=final,
+        cindex_best_mean_optimistic=best_mean,
+        cindex_best_std_optimistic=best_std,
+        cindex_best_per_fold_optimistic=best,
+        best_epoch_per_fold_optimistic=tuple(r.best_epoch for r in results),
+        n_val_per_fold=tuple(r.n_val for r in results),
+        n_excluded_per_fold=tuple(len(r.excluded) for r in results),
+        std=POPULATION_STD,
+    )

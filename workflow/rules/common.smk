@@ -1,4 +1,6 @@
-# Shared helpers: the sample sheet, output paths and the settings each rule passes on.
+# Shared by all stages: the sample sheet, the cohort inputs, the output layout (io/layout.py
+# spells every output path), the settings each job gets and the run's targets. A stage's own
+# input functions live beside its rules, in inputs/<stage>.smk.
 import json
 from pathlib import Path
 
@@ -9,9 +11,11 @@ from ghanet_pipeline.io import run_folder, sheet
 from ghanet_pipeline.config import section_json
 from ghanet_pipeline.features.encoder_names import UnknownEncoderError, check_encoder_name
 from ghanet_pipeline.model.names import SLIDE_MODELS
-from ghanet_pipeline.io.layout import encoder_dirname
+from ghanet_pipeline.io.layout import Layout, wildcard
 
 OUT = Path(config["output_dir"])
+LAYOUT = Layout(OUT)
+SLIDE = wildcard("slide")  # path patterns: str(LAYOUT.tiles(SLIDE)) is results/tiles/{slide}.zarr
 try:  # refuse / , system folders and other people's files before any job starts
     run_folder.check(OUT)
 except run_folder.RunFolderError as err:
@@ -53,7 +57,8 @@ SAMPLES = _load_samples()
 SLIDES = list(SAMPLES["slide_id"])
 HAS_SLIDES = len(SLIDES) > 0
 HAS_GENOMICS = COHORT_TABLE is not None
-ENCODER_DIR = encoder_dirname(config["features"]["encoder"])
+ENCODER = config["features"]["encoder"]
+FEATURES_DIR = LAYOUT.features_dir(ENCODER)
 # Features made elsewhere (CLAM/TRIDENT .h5): `import_features` replaces tissue and features, and
 # features.encoder is then only the name recorded for them.
 IMPORTED = bool(config["features"]["import_dir"])
@@ -110,12 +115,12 @@ def slide_path(wildcards):
 
 def slide_manifest():
     """manifest.csv of the tissue stage: what genomics and infer read, unless features were imported."""
-    return str(OUT / "manifest.csv") if HAS_SLIDES and not IMPORTED else []
+    return str(LAYOUT.manifest) if HAS_SLIDES and not IMPORTED else []
 
 
 def feature_store(slide):
     """A slide's feature store (features.smk: the outputs of a shard of slides)."""
-    return str(OUT / "features" / ENCODER_DIR / f"{slide}.zarr")
+    return str(LAYOUT.features(ENCODER, slide))
 
 
 def slide_mpp_arg(wildcards):
@@ -130,71 +135,27 @@ def demo_outputs():
     return []
 
 
-def logfile(stage, name="{slide}"):
-    return str(OUT / "logs" / stage / f"{name}.log")
+def logfile(stage, name=SLIDE):
+    return str(LAYOUT.log(stage, name))
 
 
-def benchfile(stage, name="{slide}"):
-    return str(OUT / "benchmarks" / stage / f"{name}.tsv")
-
-
-def models_dir_for_inference():
-    return config["infer"]["models_dir"] or (str(OUT / "models") if MODELS else None)
+def benchfile(stage, name=SLIDE):
+    return str(LAYOUT.benchmark(stage, name))
 
 
 def all_targets():
+    """What a run makes: the stages its config and inputs ask for, and always the report."""
     targets = []
     if HAS_SLIDES and not IMPORTED:
-        targets.append(str(OUT / "manifest.csv"))
-        targets += expand(str(OUT / "features" / ENCODER_DIR / "{slide}.zarr"), slide=SLIDES)
+        targets.append(str(LAYOUT.manifest))
+        targets += [feature_store(s) for s in SLIDES]
     if HAS_GENOMICS:
-        targets.append(str(OUT / "genomics" / "summary.json"))
-        targets += expand(str(OUT / "models" / "{model}" / "summary.json"), model=MODELS)
-    if HAS_SLIDES and models_dir_for_inference() and config["infer"]["model"] in (
-        MODELS or [config["infer"]["model"]]
-    ):
-        targets.append(str(OUT / "predictions.csv"))
-    targets.append(str(OUT / "report" / "index.html"))
+        targets.append(str(LAYOUT.genomics.summary))
+        targets += [str(LAYOUT.model_summary(m)) for m in MODELS]
+    if HAS_SLIDES and models_dir_for_inference() and INFER["model"] in (MODELS or [INFER["model"]]):
+        targets.append(str(LAYOUT.predictions))
+    targets.append(str(LAYOUT.report))
     return targets
-
-
-
-# ----- inputs of the train, infer and report rules
-# (train.smk) 
-FEATURES_DIR = OUT / "features" / ENCODER_DIR
-
-
-def train_inputs(wildcards):
-    if wildcards.model in SLIDE_MODELS and not HAS_SLIDES:
-        raise WorkflowError(
-            f"model {wildcards.model} needs slides but 'samples' is empty or unset; {NO_SLIDES_FIX}, "
-            "or ask for a genomics-only model (train.models: [snn])"
-        )
-    inputs = {
-        "summary": str(OUT / "genomics" / "summary.json"),
-        "targets": str(OUT / "genomics" / f"fold{wildcards.fold}" / "targets.json"),
-    }
-    if wildcards.model in SLIDE_MODELS:
-        inputs["features"] = expand(str(FEATURES_DIR / "{slide}.zarr"), slide=SLIDES)
-    return inputs
-
-
-# (infer.smk) 
-INFER = config["infer"]
-
-
-def infer_model_inputs(wildcards):
-    if INFER["models_dir"]:
-        return []  # an earlier run's models: not made by this workflow
-    return [str(OUT / "models" / INFER["model"] / "summary.json")]
-
-
-# (report.smk) 
-def report_inputs(wildcards):
-    inputs = [t for t in all_targets() if not t.endswith("index.html")]
-    if HAS_SLIDES and not IMPORTED:
-        inputs += expand(str(OUT / "qc" / "{slide}.png"), slide=SLIDES)
-    return inputs
 
 
 wildcard_constraints:

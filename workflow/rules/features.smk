@@ -24,9 +24,9 @@ FEATURES_GPUS = 0 if config["features"]["device"] == "cpu" else 1
 
 rule features:
     input:
-        tiles=str(OUT / "tiles" / "{slide}.zarr"),
+        tiles=str(LAYOUT.tiles(SLIDE)),
     output:
-        store=directory(str(OUT / "features" / ENCODER_DIR / "{slide}.zarr")),
+        store=directory(str(LAYOUT.features(ENCODER, SLIDE))),
     params:
         strict=STRICT_FLAG,
         path=slide_path,
@@ -60,7 +60,7 @@ if SLIDES_PER_JOB > 1 and not IMPORTED:
             name:
                 f"features_shard{_index}"
             input:
-                tiles=[str(OUT / "tiles" / f"{s}.zarr") for s in _shard],
+                tiles=[str(LAYOUT.tiles(s)) for s in _shard],
             output:
                 [update(directory(feature_store(s))) for s in _shard],
             params:
@@ -94,7 +94,7 @@ if IMPORTED:
             source=config["features"]["import_dir"],
             format=config["features"]["import_format"],
             samples=SAMPLES_CSV,
-            out_dir=str(OUT / "features" / ENCODER_DIR),
+            out_dir=str(FEATURES_DIR),
             encoder=config["features"]["encoder"],
             dtype=config["features"]["dtype"],
             shared=SHARED_FILES_FLAG,

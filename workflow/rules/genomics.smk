@@ -6,11 +6,11 @@ if HAS_GENOMICS:
             demo_outputs(),
             manifest=slide_manifest(),
         output:
-            summary=str(OUT / "genomics" / "summary.json"),
-            patients=str(OUT / "genomics" / "patients.csv"),
-            folds=expand(str(OUT / "genomics" / "fold{fold}" / "targets.json"), fold=FOLDS),
+            summary=str(LAYOUT.genomics.summary),
+            patients=str(LAYOUT.genomics.patients),
+            folds=[str(LAYOUT.genomics.fold(k).targets) for k in FOLDS],
         params:
-            out_dir=lambda w, output: Path(output.summary).parent,
+            out_dir=LAYOUT.genomics.dir,
             table=COHORT_TABLE,
             signatures=f"--signatures {SIGNATURES}" if SIGNATURES else "",
             splits=f"--splits-dir {SPLITS_DIR}" if SPLITS_DIR else "",

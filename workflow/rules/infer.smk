@@ -1,21 +1,24 @@
 # Stage 5: slide-only prediction (no genomics needed) and attention heatmaps.
 
+include: "inputs/infer.smk"
+
+
 rule infer:
     input:
         models=infer_model_inputs,
         manifest=slide_manifest(),
-        features=expand(str(OUT / "features" / ENCODER_DIR / "{slide}.zarr"), slide=SLIDES),
+        features=[feature_store(s) for s in SLIDES],
     output:
-        predictions=report(str(OUT / "predictions.csv"), category="Predictions", caption="../report/predictions.rst"),
+        predictions=report(str(LAYOUT.predictions), category="Predictions", caption="../report/predictions.rst"),
         heatmaps=report(
-            directory(str(OUT / "heatmaps")),
+            directory(str(LAYOUT.heatmaps_dir)),
             patterns=["{name}.png"],
             category="Heatmaps",
             caption="../report/heatmaps.rst",
         ),
     params:
-        out_dir=lambda w, output: Path(output.predictions).parent,
-        features_dir=lambda w, input: Path(input.features[0]).parent,
+        out_dir=LAYOUT.root,
+        features_dir=FEATURES_DIR,
         models_dir=models_dir_for_inference(),
         samples=SAMPLES_CSV,
         settings=settings("infer"),

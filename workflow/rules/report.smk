@@ -1,12 +1,15 @@
 # Stage 6: one self-contained HTML report of everything this run made.
 
+include: "inputs/report.smk"
+
+
 rule report:
     input:
         report_inputs,
     output:
-        html=report(str(OUT / "report" / "index.html"), category="Report", caption="../report/report.rst"),
+        html=report(str(LAYOUT.report), category="Report", caption="../report/report.rst"),
     params:
-        out_dir=lambda w, output: Path(output.html).parent.parent,
+        out_dir=LAYOUT.root,
         settings=settings("report"),
         config=json.dumps(config, sort_keys=True),
     log:

@@ -6,12 +6,12 @@ rule tissue:
     input:
         demo_outputs(),
     output:
-        tiles=directory(str(OUT / "tiles" / "{slide}.zarr")),
-        png=str(OUT / "qc" / "{slide}.png"),
-        geojson=str(OUT / "qc" / "{slide}.geojson"),
-        status=str(OUT / "status" / "{slide}.json"),
+        tiles=directory(str(LAYOUT.tiles(SLIDE))),
+        png=str(LAYOUT.qc_png(SLIDE)),
+        geojson=str(LAYOUT.qc_geojson(SLIDE)),
+        status=str(LAYOUT.status(SLIDE)),
     params:
-        out_dir=lambda w, output: Path(output.status).parent.parent,
+        out_dir=LAYOUT.root,
         strict=STRICT_FLAG,
         path=slide_path,
         mpp=slide_mpp_arg,
@@ -33,11 +33,11 @@ rule tissue:
 
 rule manifest:
     input:
-        expand(str(OUT / "status" / "{slide}.json"), slide=SLIDES),
+        [str(LAYOUT.status(s)) for s in SLIDES],
     output:
-        str(OUT / "manifest.csv"),
+        str(LAYOUT.manifest),
     params:
-        out_dir=lambda w, output: Path(output[0]).parent,
+        out_dir=LAYOUT.root,
     log:
         logfile("manifest", "manifest"),
     benchmark:

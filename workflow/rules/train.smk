@@ -1,18 +1,21 @@
 # Stage 4: one job per model and fold (train_fold); then the model's summary (train), so
 # `--until train` ends with every model's summary.json. `--forcerun train_fold` retrains.
 
+include: "inputs/train.smk"
+
+
 if MODELS:
 
     rule train_fold:
         input:
             unpack(train_inputs),
         output:
-            result=str(OUT / "models" / "{model}" / "fold{fold}" / "result.json"),
-            final=str(OUT / "models" / "{model}" / "fold{fold}" / "checkpoint_final.pt"),
-            predictions=str(OUT / "models" / "{model}" / "fold{fold}" / "predictions_val.csv"),
+            result=str(FOLD.result),
+            final=str(FOLD.checkpoint("final")),
+            predictions=str(FOLD.predictions),
         params:
-            genomics_dir=lambda w, input: Path(input.summary).parent,
-            out_dir=lambda w, output: Path(output.result).parent,
+            genomics_dir=LAYOUT.genomics.dir,
+            out_dir=lambda w: LAYOUT.model_fold(w.model, w.fold).dir,
             features=lambda w: f"--features-dir {FEATURES_DIR}" if w.model in SLIDE_MODELS else "",
             settings=settings("train"),
         log:
@@ -36,11 +39,11 @@ if MODELS:
 
     rule train:
         input:
-            expand(str(OUT / "models" / "{{model}}" / "fold{fold}" / "result.json"), fold=FOLDS),
+            [str(LAYOUT.model_fold(wildcard("model"), k).result) for k in FOLDS],
         output:
-            str(OUT / "models" / "{model}" / "summary.json"),
+            str(LAYOUT.model_summary(wildcard("model"))),
         params:
-            models_dir=lambda w, output: Path(output[0]).parent,
+            models_dir=lambda w: LAYOUT.model(w.model).dir,
         log:
             logfile("summarize", "{model}"),
         benchmark:

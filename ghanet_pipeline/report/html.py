@@ -1,10 +1,9 @@
-"""The cohort report: one self-contained ``report/index.html`` of whatever the run produced.
+"""The cohort report's HTML: one self-contained ``report/index.html`` of whatever the run produced.
 
-Reads the output folder only (nothing is recomputed except Kaplan-Meier curves): slide status
-records, QC thumbnails, genomics summary, cross-validation results and learning curves, held-out predictions,
-slide-only predictions, heatmaps, feature-store attributes and Snakemake benchmark files.
-Every section says plainly when its inputs are absent. Images are embedded as base64 data
-URIs; every string that came from a user (ids, reasons, paths, config values) is escaped.
+Every section says plainly when its inputs are absent; what it shows comes from
+:mod:`ghanet_pipeline.report.readers` (nothing is recomputed except Kaplan-Meier curves). Images
+are embedded as base64 data URIs; every string that came from a user (ids, reasons, paths,
+config values) is escaped.
 """
 
 from __future__ import annotations
@@ -24,7 +23,25 @@ import pandas as pd
 
 from ghanet_pipeline import __version__
 from ghanet_pipeline.config import ReportSettings
+from ghanet_pipeline.io.layout import Layout
 from ghanet_pipeline.io.safe_text import html as esc
+from ghanet_pipeline.report.readers import (
+    first_feature_attrs,
+    fold_dirs,
+    heatmap_pictures,
+    held_out_groups,
+    qc_pictures,
+    read_benchmarks,
+    read_curves,
+    read_feature_status,
+    read_genomics_summary,
+    read_model_results,
+    read_predictions,
+    read_slide_status,
+    run_model_dirs,
+    run_slide_ids,
+    slide_cases,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +58,6 @@ class Section:
 
 # ----------------------------------------------------------------------------- small html helpers
 
-
 def table(frame: pd.DataFrame, classes: str = "", max_rows: int | None = None) -> str:
     """An escaped HTML table of ``frame``; numbers formatted, NaN shown as an empty cell."""
     shown = frame if max_rows is None else frame.head(max_rows)
@@ -55,7 +71,6 @@ def table(frame: pd.DataFrame, classes: str = "", max_rows: int | None = None) -
         more = f'<p class="note">showing {max_rows} of {len(frame)} rows.</p>'
     return f'<table class="{esc(classes)}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>{more}'
 
-
 def _fmt(value: Any) -> str:
     if value is None:
         return ""
@@ -67,18 +82,14 @@ def _fmt(value: Any) -> str:
         return ", ".join(_fmt(v) for v in value)
     return str(value)
 
-
 def absent(text: str) -> str:
     return f'<p class="absent">{esc(text)}</p>'
-
 
 def note(text: str) -> str:
     return f'<p class="note">{esc(text)}</p>'
 
-
 def data_uri_png(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
 
 def image_data_uri(path: Path, max_side: int, photo: bool = False) -> str:
     """An image file as a data URI, shrunk so its longer side is at most ``max_side`` px.
@@ -101,143 +112,10 @@ def image_data_uri(path: Path, max_side: int, photo: bool = False) -> str:
         img.save(buf, format="PNG", optimize=True)
     return data_uri_png(buf.getvalue())
 
-
 def figure(uri: str, caption: str, css: str = "") -> str:
     return f'<figure class="{esc(css)}"><img src="{uri}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
 
-
-# ----------------------------------------------------------------------------- readers
-
-
-def read_slide_status(out: Path) -> pd.DataFrame:
-    """One row per slide from ``status/*.json`` (the source of ``manifest.csv``), else the manifest."""
-    from ghanet_pipeline.io import manifest
-
-    records = manifest.gather(out)
-    if records:
-        return pd.DataFrame.from_records(records)
-    if (out / "manifest.csv").is_file():
-        return pd.read_csv(out / "manifest.csv", dtype={"slide_id": str}, keep_default_na=False)
-    return pd.DataFrame()
-
-
-def sheet_cases(run_config: dict | None) -> dict[str, str] | None:
-    """slide_id -> case_id from the run's sample sheet (per the run config); None when unknown."""
-    sheet_path = None
-    if run_config:
-        demo = run_config.get("demo") or {}
-        sheet_path = run_config.get("samples") or (
-            str(Path(demo.get("dir", "demo_data")) / "samples.csv") if demo.get("enabled") else None)
-    if sheet_path and Path(sheet_path).is_file():
-        try:
-            from ghanet_pipeline.io.sheet import read_samples
-
-            table = read_samples(sheet_path, allow_shared_files=bool(run_config.get("allow_shared_slide_files")))
-            return dict(zip(table.slide_id, table.case_id))
-        except Exception as err:  # noqa: BLE001 - case ids are a convenience here
-            log.warning("cannot read the sample sheet %s for case ids: %s", sheet_path, err)
-    return None
-
-
-def run_slide_ids(run_config: dict | None) -> set[str] | None:
-    """The slides of this run (its sample sheet); None when the run config does not say."""
-    cases = sheet_cases(run_config)
-    return None if cases is None else set(cases)
-
-
-def run_model_dirs(out: Path, run_config: dict | None) -> list[Path]:
-    """``models/{model}`` folders this run made: those of its ``train.models`` (all, without a run config).
-    The report lists only what the run made, never other folders that happen to sit there."""
-    dirs = sorted(p for p in (out / "models").glob("*") if p.is_dir())
-    wanted = ((run_config or {}).get("train") or {}).get("models")
-    return dirs if wanted is None else [p for p in dirs if p.name in set(wanted)]
-
-
-def slide_cases(out: Path, run_config: dict | None) -> dict[str, str]:
-    """slide_id -> case_id from the run's sample sheet (per the run config), else from predictions.csv."""
-    cases = sheet_cases(run_config)
-    if cases is not None:
-        return cases
-    mapping: dict[str, str] = {}
-    predictions = out / "predictions.csv"
-    if predictions.is_file():
-        table = pd.read_csv(predictions, dtype=str, keep_default_na=False)
-        for case_id, slides in zip(table.get("case_id", []), table.get("slide_ids", [])):
-            for slide in str(slides).split(";"):
-                if slide:
-                    mapping[slide] = case_id
-    return mapping
-
-
-def read_feature_status(out: Path) -> pd.DataFrame:
-    """``slide_id, encoder, features_status, features_reason, n_patches_features`` from store attrs."""
-    from ghanet_pipeline.io.store import open_store
-
-    rows = []
-    for store in sorted((out / "features").glob("*/*.zarr")):
-        try:
-            attrs = dict(open_store(store).attrs)
-        except Exception as err:  # a broken store is reported, not fatal
-            rows.append({"slide_id": store.stem, "encoder": store.parent.name, "features_status": "unreadable",
-                         "features_reason": str(err)})
-            continue
-        rows.append({
-            "slide_id": str(attrs.get("slide_id", store.stem)),
-            "encoder": str(attrs.get("encoder", store.parent.name)),
-            "features_status": str(attrs.get("status", "ok")),
-            "features_reason": str(attrs.get("reason", "")),
-        })
-    return pd.DataFrame(rows)
-
-
-def first_feature_attrs(out: Path) -> dict[str, dict]:
-    """Attributes of the first ok feature store of each encoder folder."""
-    from ghanet_pipeline.io.store import open_store
-
-    found: dict[str, dict] = {}
-    for folder in sorted(p for p in (out / "features").glob("*") if p.is_dir()):
-        for store in sorted(folder.glob("*.zarr")):
-            try:
-                attrs = dict(open_store(store).attrs)
-            except Exception:
-                continue
-            if attrs.get("status", "ok") == "ok":
-                found[folder.name] = attrs
-                break
-    return found
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-
-
-def train_median_risk(fold_dir: Path) -> float | None:
-    """``train_median_risk`` from the fold's ``result.json`` (train writes the final model's value), or None."""
-    path = fold_dir / "result.json"
-    try:
-        result = read_json(path)
-        value = result.get("train_median_risk") if isinstance(result, dict) else None
-        if value is not None and math.isfinite(float(value)):
-            return float(value)
-    except Exception as err:  # noqa: BLE001 - the fallback is stated in the report
-        log.warning("%s: cannot read train_median_risk (%s); using the median of val risks", path, err)
-    return None
-
-
-def fold_dirs(model_dir: Path) -> list[tuple[int, Path]]:
-    found = []
-    for path in model_dir.glob("fold*"):
-        suffix = path.name[4:]
-        if path.is_dir() and suffix.isdigit():
-            found.append((int(suffix), path))
-    return sorted(found)
-
-
 # ----------------------------------------------------------------------------- sections
-
 
 def section_overview(out: Path, run_config: dict | None) -> Section:
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -258,13 +136,11 @@ def section_overview(out: Path, run_config: dict | None) -> Section:
     body = table(pd.DataFrame(rows, columns=["item", "value"]), "kv")
     return Section("overview", "Run", body)
 
-
 def _of_this_run(frame: pd.DataFrame, slides: set[str] | None) -> pd.DataFrame:
     """Rows of the run's own slides (all rows when the run's sheet is unknown)."""
     if slides is None or frame.empty or "slide_id" not in frame.columns:
         return frame
     return frame[frame["slide_id"].astype(str).isin(slides)].reset_index(drop=True)
-
 
 def section_cohort(out: Path, run_config: dict | None = None) -> Section:
     slides = run_slide_ids(run_config)
@@ -317,10 +193,9 @@ def section_cohort(out: Path, run_config: dict | None = None) -> Section:
     parts.append(table(frame[cols], "slides", max_rows=500))
     return Section("cohort", "Cohort: slides", "".join(parts))
 
-
 def section_qc(out: Path, settings: ReportSettings, run_config: dict | None = None) -> Section:
     slides = run_slide_ids(run_config)
-    pngs = sorted(p for p in (out / "qc").glob("*.png") if slides is None or p.stem in slides)
+    pngs = qc_pictures(out, slides)
     if not pngs:
         return Section("qc", "Tissue QC", absent("No QC thumbnails (qc/*.png) in this run."))
     shown = pngs[: settings.max_qc_thumbnails]
@@ -334,9 +209,8 @@ def section_qc(out: Path, settings: ReportSettings, run_config: dict | None = No
                 "(report.max_qc_thumbnails sets how many).") if len(pngs) > len(shown) else ""
     return Section("qc", "Tissue QC", text + f'<div class="gallery">{"".join(figs)}</div>')
 
-
 def section_genomics(out: Path) -> Section:
-    summary = read_json(out / "genomics" / "summary.json")
+    summary = read_genomics_summary(out)
     if summary is None:
         return Section("genomics", "Genomics", absent(
             "No genomics in this run (no cohort table configured, or the genomics stage did not run)."))
@@ -354,34 +228,32 @@ def section_genomics(out: Path) -> Section:
         parts.append(f"<h3>Problems found in the tables</h3><ul>{items}</ul>")
     return Section("genomics", "Genomics", "".join(parts))
 
-
-def read_cv(out: Path, run_config: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-model summary, per-fold results) from models/*/summary.json and fold*/result.json."""
+def cv_tables(out: Path, run_config: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-model summary, per-fold results) as shown, from models/*/summary.json and fold*/result.json."""
     summaries, folds = [], []
-    for model_dir in run_model_dirs(out, run_config):
-        model = model_dir.name
-        summary = read_json(model_dir / "summary.json")
-        for fold, fold_dir in fold_dirs(model_dir):
-            result = read_json(fold_dir / "result.json")
+    for results in read_model_results(out, run_config):
+        model = results.model
+        for fold, result in results.folds:
             if result is None:
                 folds.append({"model": model, "fold": fold, "cindex_final": None, "note": "no result.json (not finished)"})
                 continue
-            excluded = result.get("excluded") or []
+            excluded = result.excluded or ()
             folds.append({
                 "model": model, "fold": fold,
-                "cindex_final": result.get("cindex_final"),
-                "cindex_best (optimistic)": result.get("cindex_best"),
-                "best_epoch": result.get("best_epoch"),
-                "n_train": result.get("n_train"), "n_val": result.get("n_val"),
-                "excluded": len(excluded) if isinstance(excluded, list) else excluded,
+                "cindex_final": result.cindex_final,
+                "cindex_best (optimistic)": result.cindex_best,
+                "best_epoch": result.best_epoch,
+                "n_train": result.n_train, "n_val": result.n_val,
+                "excluded": len(excluded) if isinstance(excluded, (list, tuple)) else excluded,
             })
+        summary = results.summary
         if summary is not None:
             summaries.append({
                 "model": model,
-                "c-index final (mean ± std)": _pm(summary.get("cindex_final_mean"), summary.get("cindex_final_std")),
+                "c-index final (mean ± std)": _pm(summary.cindex_final_mean, summary.cindex_final_std),
                 "c-index best epoch, optimistic (mean ± std)": _pm(
-                    summary.get("cindex_best_mean_optimistic"), summary.get("cindex_best_std_optimistic")),
-                "folds": len(summary.get("cindex_final_per_fold") or []),
+                    summary.cindex_best_mean_optimistic, summary.cindex_best_std_optimistic),
+                "folds": len(summary.cindex_final_per_fold or ()),
             })
     return pd.DataFrame(summaries), pd.DataFrame(folds)
 
@@ -392,38 +264,6 @@ def _pm(mean: Any, std: Any) -> str:
     except (TypeError, ValueError):
         return "n/a"
 
-
-# Columns of a fold's metrics.csv (train.py); older runs have fewer, and any may be absent.
-CURVE_COLUMNS = ("epoch", "loss", "nll", "recon", "val_loss", "val_cindex", "train_cindex", "lr", "seconds")
-
-
-def read_curves(model_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Every fold's ``metrics.csv`` stacked (``fold`` added; missing columns absent, not invented),
-    and a note per fold that has none or an unreadable one."""
-    frames, notes = [], []
-    for fold, fold_dir in fold_dirs(model_dir):
-        path = fold_dir / "metrics.csv"
-        if not path.is_file():
-            notes.append(f"fold {fold}: no metrics.csv (an older run, or training has not started)")
-            continue
-        try:
-            frame = pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-            notes.append(f"fold {fold}: metrics.csv is not readable ({type(err).__name__}: {err})")
-            continue
-        known = [c for c in CURVE_COLUMNS if c in frame.columns]
-        frame = frame[known].apply(pd.to_numeric, errors="coerce")
-        if "epoch" not in frame.columns:
-            frame["epoch"] = np.arange(1, len(frame) + 1)
-        frame = frame.dropna(subset=["epoch"])
-        if frame.empty:
-            notes.append(f"fold {fold}: metrics.csv has no epochs")
-            continue
-        frame["fold"] = fold
-        frames.append(frame)
-    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
-
-
 # panel title -> [(column, label, line style)]: a panel is drawn when any of its columns has numbers
 CURVE_PANELS: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
     # val_loss is the survival NLL alone: compare it with the training NLL, not the total loss.
@@ -433,10 +273,8 @@ CURVE_PANELS: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
     ("learning rate", (("lr", "learning rate", "-"),)),
 )
 
-
 def _has_numbers(frame: pd.DataFrame, column: str) -> bool:
     return column in frame.columns and bool(np.isfinite(frame[column].to_numpy(dtype=float)).any())
-
 
 def plot_curves(curves: pd.DataFrame, title: str) -> bytes:
     """A PNG: per panel, each fold as a thin line and the mean over folds per epoch as a thick one."""
@@ -477,7 +315,6 @@ def plot_curves(curves: pd.DataFrame, title: str) -> bytes:
         plt.close(fig)
     return buf.getvalue()
 
-
 def learning_curves(out: Path, run_config: dict | None = None) -> str:
     """HTML of each model's learning curves (the training loop's per-epoch metrics.csv)."""
     model_dirs = run_model_dirs(out, run_config)
@@ -506,9 +343,8 @@ def learning_curves(out: Path, run_config: dict | None = None) -> str:
         "NLL part, validation NLL and c-index on the held-out fold, learning rate."
     ) + "".join(parts)
 
-
 def section_cv(out: Path, run_config: dict | None = None) -> Section:
-    summaries, folds = read_cv(out, run_config)
+    summaries, folds = cv_tables(out, run_config)
     if summaries.empty and folds.empty:
         return Section("cv", "Cross-validation", absent("No models trained in this run (models/ is empty or absent)."))
     parts = [note("Harrell's c-index on each held-out fold. 'final' is the last-epoch model (the honest protocol); "
@@ -523,32 +359,6 @@ def section_cv(out: Path, run_config: dict | None = None) -> Section:
         parts.append("<h3>Per fold</h3>")
         parts.append(table(folds, "small"))
     return Section("cv", "Cross-validation", "".join(parts))
-
-
-def held_out_groups(model_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Pooled held-out predictions of every fold, each split high/low at a stated threshold."""
-    from ghanet_pipeline.survival import km
-
-    frames, notes = [], []
-    for fold, fold_dir in fold_dirs(model_dir):
-        path = fold_dir / "predictions_val.csv"
-        if not path.is_file():
-            continue
-        pred = pd.read_csv(path, dtype={"case_id": str})
-        pred = pred[np.isfinite(pd.to_numeric(pred["risk"], errors="coerce"))]
-        if pred.empty:
-            continue
-        threshold = train_median_risk(fold_dir)
-        if threshold is None:
-            threshold = float(pred["risk"].median())
-            notes.append(f"fold {fold}: median of its held-out risks ({threshold:.4g}; no train_median_risk in result.json)")
-        else:
-            notes.append(f"fold {fold}: training median risk from result.json ({threshold:.4g})")
-        pred["risk_group"] = km.split_at(pred["risk"].to_numpy(float), threshold)
-        pred["fold"] = fold
-        frames.append(pred)
-    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
-
 
 def section_km(out: Path, run_config: dict | None = None) -> Section:
     from ghanet_pipeline.survival import km
@@ -575,13 +385,11 @@ def section_km(out: Path, run_config: dict | None = None) -> Section:
                      + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul></div></div>")
     return Section("km", "Kaplan-Meier: held-out risk groups", "".join(parts))
 
-
 def section_predictions(out: Path, run_config: dict | None = None) -> Section:
-    path = out / "predictions.csv"
-    if not path.is_file():
+    pred = read_predictions(out)
+    if pred is None:
         return Section("predictions", "Slide-only predictions", absent(
             "No predictions.csv: inference did not run (no models, or no slides)."))
-    pred = pd.read_csv(path, dtype=str, keep_default_na=False)
     counts = pred["status"].value_counts().to_dict() if "status" in pred.columns else {}
     groups = pred["risk_group"].value_counts().to_dict() if "risk_group" in pred.columns else {}
     parts = [note(f"{len(pred)} patients: " + ", ".join(f"{v} {k}" for k, v in counts.items())
@@ -592,7 +400,7 @@ def section_predictions(out: Path, run_config: dict | None = None) -> Section:
     if "risk" in shown.columns:
         shown["risk"] = pd.to_numeric(shown["risk"], errors="coerce")
     infer_cfg = (run_config or {}).get("infer") or {}
-    trained_here = fold_dirs(out / "models" / str(infer_cfg.get("model") or "ghanet"))
+    trained_here = fold_dirs(Layout(out).model(str(infer_cfg.get("model") or "ghanet")).dir)
     if infer_cfg.get("models_dir"):
         parts.append(note(f"Fold models of '{infer_cfg.get('model', 'ghanet')}' from an earlier run: "
                           f"{infer_cfg['models_dir']} (infer.models_dir)."))
@@ -603,12 +411,8 @@ def section_predictions(out: Path, run_config: dict | None = None) -> Section:
     parts.append(table(shown, "small", max_rows=300))
     return Section("predictions", "Slide-only predictions", "".join(parts))
 
-
 def section_heatmaps(out: Path, settings: ReportSettings, run_config: dict | None = None) -> Section:
-    folder = out / "heatmaps"
-    slides = run_slide_ids(run_config)
-    maps = sorted(p for p in folder.glob("*.png")
-                  if not p.stem.endswith("_topk") and (slides is None or p.stem in slides))
+    maps = heatmap_pictures(out, run_slide_ids(run_config))
     if not maps:
         return Section("heatmaps", "Attention heatmaps", absent("No heatmaps (heatmaps/*.png) in this run."))
     shown = maps[: settings.max_heatmaps]
@@ -616,18 +420,15 @@ def section_heatmaps(out: Path, settings: ReportSettings, run_config: dict | Non
                   "attention over patches (it sums to 1 over the patient's bag of patches: all the patient's slides); each gene family panel shows "
                   "the association weights over that family's top patches. Arrays and GeoJSON: heatmaps/{slide}.zarr, "
                   "heatmaps/{slide}.geojson.")]
-    for png in shown:
+    for png, topk in shown:
         parts.append(f"<h3>{esc(png.stem)}</h3>")
         parts.append(figure(image_data_uri(png, HEATMAP_MAX_SIDE, photo=True), f"{png.stem}: attention overlays", "wide"))
-        topk = png.with_name(f"{png.stem}_topk.png")
-        if topk.is_file():
+        if topk is not None:
             parts.append(figure(image_data_uri(topk, HEATMAP_MAX_SIDE, photo=True), f"{png.stem}: most attended patches", "wide"))
     return Section("heatmaps", "Attention heatmaps", "".join(parts))
 
-
 ENCODER_KEYS = ("encoder", "dim", "weights", "weights_sha256", "dtype", "patch_size", "target_mpp", "effective_mpp",
                 "package_version")
-
 
 def section_parameters(out: Path, run_config: dict | None) -> Section:
     parts = []
@@ -635,7 +436,7 @@ def section_parameters(out: Path, run_config: dict | None) -> Section:
     if encoders:
         frame = pd.DataFrame({"attribute": ["features folder", *ENCODER_KEYS]})
         for folder, attrs in encoders.items():
-            frame[folder] = [folder, *(attrs.get(k) for k in ENCODER_KEYS)]
+            frame[folder] = [folder, *(getattr(attrs, k, None) for k in ENCODER_KEYS)]
         parts.append("<h3>Encoder (from the feature stores)</h3>")
         parts.append(table(frame, "kv"))
     else:
@@ -657,23 +458,6 @@ def section_parameters(out: Path, run_config: dict | None) -> Section:
         parts.append(absent("The run configuration was not passed (--run-config)."))
     return Section("parameters", "Encoder and parameters", "".join(parts))
 
-
-def read_benchmarks(out: Path) -> pd.DataFrame:
-    rows = []
-    for tsv in sorted((out / "benchmarks").glob("*/*.tsv")):
-        try:
-            frame = pd.read_csv(tsv, sep="\t")
-        except Exception as err:  # noqa: BLE001
-            log.warning("%s: unreadable benchmark (%s)", tsv, err)
-            continue
-        if "s" not in frame.columns or frame.empty:
-            continue
-        rss = pd.to_numeric(frame.get("max_rss", pd.Series(dtype=float)), errors="coerce")
-        rows.append({"rule": tsv.parent.name, "job": tsv.stem, "s": float(pd.to_numeric(frame["s"], errors="coerce").mean()),
-                     "max_rss_mb": float(rss.max()) if len(rss) else float("nan")})
-    return pd.DataFrame(rows)
-
-
 def section_timings(out: Path) -> Section:
     bench = read_benchmarks(out)
     if bench.empty:
@@ -690,7 +474,6 @@ def section_timings(out: Path) -> Section:
     text = note(f"Wall-clock seconds per job from Snakemake's benchmark files; {total:.0f} s of job time in all "
                 "(jobs may have run in parallel). The report's own timing is written after it finishes.")
     return Section("timings", "Timings per stage", text + table(summary, "small"))
-
 
 # ----------------------------------------------------------------------------- page
 
@@ -713,7 +496,6 @@ figure.wide figcaption{max-width:none}.km{display:flex;gap:20px;align-items:flex
 pre{background:#f6f8fa;padding:10px;font-size:12px;overflow:auto;max-height:480px}
 """
 
-
 def render(sections: Iterable[Section], title: str) -> str:
     sections = list(sections)
     nav = "".join(f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in sections)
@@ -726,7 +508,6 @@ def render(sections: Iterable[Section], title: str) -> str:
         f"<nav>{nav}</nav><main>{body}</main></body></html>\n"
     )
 
-
 def _guarded(name: str, build: Callable[[], Section]) -> Section:
     """A section whose builder failed is shown as such; the rest of the report still renders."""
     try:
@@ -734,7 +515,6 @@ def _guarded(name: str, build: Callable[[], Section]) -> Section:
     except Exception as err:  # noqa: BLE001 - the report must render whatever the run left
         log.exception("report section %s failed", name)
         return Section(name, name, absent(f"This section could not be built: {type(err).__name__}: {err}"))
-
 
 def build_report(out: Path, settings: ReportSettings, run_config: dict | None = None) -> str:
     out = Path(out)
@@ -751,24 +531,3 @@ def build_report(out: Path, settings: ReportSettings, run_config: dict | None = 
         ("timings", lambda: section_timings(out)),
     ]
     return render((_guarded(name, b) for name, b in builders), "ghanet-pipeline report")
-
-
-def parse_run_config(text: str | None) -> dict | None:
-    """``--run-config``: JSON text, or the path of a JSON/YAML file."""
-    if not text:
-        return None
-    stripped = text.strip()
-    if not stripped.startswith("{"):
-        path = Path(stripped)
-        if not path.is_file():
-            raise SystemExit(f"--run-config: {stripped!r} is neither JSON text nor an existing file")
-        from ghanet_pipeline.config import read_yaml
-
-        return read_yaml(path)  # YAML is a superset of JSON
-    try:
-        value = json.loads(stripped)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"--run-config is not valid JSON: {err}") from err
-    if not isinstance(value, dict):
-        raise SystemExit("--run-config must be a JSON object (the whole run configuration)")
-    return value
