@@ -188,13 +188,17 @@ def segment_rgb(
 
 
 def _drop_specks(mask: np.ndarray, max_px: int) -> np.ndarray:
-    """``mask`` (0/1 uint8) without pieces or holes of at most ``max_px`` pixels (skimage.morphology)."""
-    from skimage.morphology import remove_small_holes, remove_small_objects
-
+    """``mask`` (0/1 uint8) without pieces or holes of at most ``max_px`` pixels (4-connected, as
+    ``skimage.morphology.remove_small_objects`` / ``remove_small_holes`` count them)."""
     if max_px <= 0 or not mask.any():
         return mask
-    keep = remove_small_objects(mask.astype(bool), max_size=max_px)
-    keep = remove_small_holes(keep, max_size=max_px)
+    keep = mask.astype(bool)
+    for value in (False, True):  # pieces of the mask, then holes (pieces of its complement)
+        labels, areas = stain.label_areas(keep if not value else ~keep, connectivity=4)
+        small = areas <= max_px
+        small[0] = False
+        if small.any():
+            keep[np.take(small, labels)] = value
     return keep.view(np.uint8)
 
 

@@ -100,10 +100,16 @@ def haematoxylin_eosin(rgb: np.ndarray) -> np.ndarray:
     return rgb2hed(rgb)[..., :2].astype(np.float32)
 
 
-def _label_areas(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from skimage.measure import label
+def label_areas(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, area of each label) of the connected pieces of ``mask``; label 0 is the background.
 
-    labels = label(mask, connectivity=2)
+    OpenCV's labelling: the same pieces as ``skimage.measure.label`` (8-connectivity) or
+    ``scipy.ndimage.label`` (4), numbered differently, several times faster on a slide thumbnail.
+    """
+    import cv2
+
+    # (connectedComponentsWithStats measured slower than labels + bincount here)
+    _, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S)
     return labels, np.bincount(labels.ravel())
 
 
@@ -111,12 +117,12 @@ def _hysteresis(weak: np.ndarray, strong: np.ndarray, min_px: float) -> np.ndarr
     """Connected pieces of ``weak | strong`` that hold a ``strong`` pixel and at least ``min_px`` pixels."""
     if not strong.any():
         return np.zeros(strong.shape, bool)
-    labels, areas = _label_areas(weak | strong)
+    labels, areas = label_areas(weak | strong)
     keep = np.zeros(len(areas), bool)
-    keep[np.unique(labels[strong])] = True
+    keep[labels[strong]] = True
     keep &= areas >= min_px
     keep[0] = False
-    return keep[labels]
+    return np.take(keep, labels)  # (np.take: twice as fast as keep[labels] here)
 
 
 def _widen(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -146,14 +152,14 @@ def artifact_masks(
     dark = (flat & (maps.od >= NEUTRAL_SEED_MIN_OD)) | brown | (maps.od >= OPAQUE_OD)
     if dark.any():
         grey = _hysteresis(weak & ~pen, dark, DEBRIS_MIN_AREA_UM2 / px_um2)
-        labels, areas = _label_areas(grey)
+        labels, areas = label_areas(grey)
         large = areas > DEBRIS_MAX_AREA_UM2 / px_um2
         large[0] = False
         if remove_pen:
-            pen = pen | large[labels]
+            pen = pen | np.take(large, labels)
         if remove_debris:
             small = ~large
             small[0] = False
-            debris = small[labels]
+            debris = np.take(small, labels)
     margin = int(round(ARTIFACT_MARGIN_UM / seg_mpp))
     return _widen(pen, margin), _widen(debris, margin), maps
