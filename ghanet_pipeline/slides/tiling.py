@@ -180,6 +180,31 @@ def _shifts(divisions: int) -> list[tuple[int, int]]:
 _FILL_SHIFTS = [(2 * i, 2 * j) for i, j in _shifts(4)] + [(i, j) for i in range(8) for j in range(8) if i % 2 or j % 2]
 
 
+class _Coverage:
+    """Which mask pixels the kept patches cover (a pixel is covered when its centre lies inside
+    a patch), and the integral images the gap filler reads, redone only after patches are added."""
+
+    def __init__(self, tissue: np.ndarray, patch: int, downsample: float) -> None:
+        self.uncovered = tissue.astype(np.uint8, copy=True)  # tissue no kept patch covers
+        self.covered = np.zeros(tissue.shape, np.uint8)
+        self.patch, self.downsample = patch, downsample
+        self._integrals: dict[str, np.ndarray] = {}
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        h, w = self.covered.shape
+        edges = [np.ceil(v / self.downsample - 0.5).astype(np.int64).tolist() for v in (y, y + self.patch, x, x + self.patch)]
+        for a, b, c, d in zip(*edges):
+            self.uncovered[max(0, a) : min(h, b), max(0, c) : min(w, d)] = 0
+            self.covered[max(0, a) : min(h, b), max(0, c) : min(w, d)] = 1
+        self._integrals.clear()
+
+    def fractions(self, which: str, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Share of each candidate square on ``uncovered`` tissue or on ``covered`` pixels."""
+        if which not in self._integrals:
+            self._integrals[which] = integral_image(getattr(self, which))
+        return box_fractions(self._integrals[which], xs, ys, self.patch, self.downsample)
+
+
 def _fill_gaps(
     kept_x: np.ndarray,
     kept_y: np.ndarray,
@@ -197,27 +222,12 @@ def _fill_gaps(
     """Patches of the grid shifted by quarter and eighth steps that bring at least ``min_new`` (a share of
     the patch) of tissue no kept patch covers yet and share at most ``max_overlap`` of their
     area with kept patches."""
-    patch, downsample = args[0], args[1]
-    width, height = level0_size
-    h, w = tissue.shape
-    uncovered = tissue.astype(np.uint8, copy=True)  # tissue no kept patch covers, at mask resolution
-    covered = np.zeros(tissue.shape, np.uint8)
-
-    def cover(x: np.ndarray, y: np.ndarray) -> None:
-        # mask pixels whose centre lies inside the patch
-        x0 = np.ceil(x / downsample - 0.5).astype(np.int64)
-        y0 = np.ceil(y / downsample - 0.5).astype(np.int64)
-        x1 = np.ceil((x + patch) / downsample - 0.5).astype(np.int64)
-        y1 = np.ceil((y + patch) / downsample - 0.5).astype(np.int64)
-        for a, b, c, d in zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist()):
-            uncovered[max(0, a) : min(h, b), max(0, c) : min(w, d)] = 0
-            covered[max(0, a) : min(h, b), max(0, c) : min(w, d)] = 1
-
-    cover(kept_x, kept_y)
+    patch, width, height = args[0], level0_size[0], level0_size[1]
+    coverage = _Coverage(tissue, patch, args[1])
+    coverage.add(kept_x, kept_y)
     parts, n_candidates, n_artifact = [], 0, 0
-    integrals: dict[str, np.ndarray] = {}  # of uncovered / covered, redone only after patches are added
     for i, j in _FILL_SHIFTS:
-        if not uncovered.any():
+        if not coverage.uncovered.any():
             break
         sx, sy = i * step // 8, j * step // 8
         xs = candidate_origins(width - sx, patch, step, past_edge) + sx
@@ -225,9 +235,7 @@ def _fill_gaps(
         if len(xs) == 0 or len(ys) == 0:
             continue
         n_candidates += len(xs) * len(ys)
-        if "new" not in integrals:
-            integrals["new"] = integral_image(uncovered)
-        new = box_fractions(integrals["new"], xs, ys, patch, downsample)
+        new = coverage.fractions("uncovered", xs, ys)
         wanted = (new >= min_new - 1e-9) if min_new > 0 else new > 0
         if not wanted.any():
             continue
@@ -238,14 +246,11 @@ def _fill_gaps(
         n_artifact += int((wanted & enough & ~keep).sum())
         keep &= wanted
         if max_overlap < 1.0 and keep.any():
-            if "covered" not in integrals:
-                integrals["covered"] = integral_image(covered)
-            keep &= box_fractions(integrals["covered"], xs, ys, patch, downsample) <= max_overlap + 1e-9
+            keep &= coverage.fractions("covered", xs, ys) <= max_overlap + 1e-9
         iy, ix = np.nonzero(keep)
         if len(iy):
             parts.append((xs[ix], ys[iy], fractions[iy, ix], art[iy, ix]))
-            cover(xs[ix], ys[iy])
-            integrals.clear()
+            coverage.add(xs[ix], ys[iy])
     return parts, n_candidates, n_artifact
 
 
