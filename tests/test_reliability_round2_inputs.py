@@ -270,3 +270,22 @@ def test_unknown_encoder_stops_snakemake_at_parse_time(tmp_path):
     assert result.returncode != 0
     assert "'nonexistent_net' is unknown" in output and "efficientnet_lite0, resnet50_trunc" in output
     assert "rule tissue" not in output and not (tmp_path / "results").exists()
+
+
+def test_a_damaged_status_record_is_a_failed_slide_naming_the_file(tmp_path):
+    from ghanet_pipeline.contracts.tiles import SlideStatus
+    from ghanet_pipeline.io import manifest
+    from ghanet_pipeline.io.layout import Layout
+
+    layout = Layout(tmp_path)
+    layout.status_dir.mkdir()
+    layout.status("OK1").write_text(json.dumps(SlideStatus(slide_id="OK1", status="ok", n_patches=3).to_attrs()))
+    layout.status("CUT").write_text('{"slide_id": "CUT", "sta')  # cut short by a full disk
+    layout.status("ODD").write_text('{"status": "ok"}')  # not written by the tissue stage
+    records = {r.slide_id: r for r in manifest.gather(tmp_path)}
+    assert records["OK1"].ok and records["OK1"].n_patches == 3
+    for slide_id in ("CUT", "ODD"):
+        assert not records[slide_id].ok
+        assert str(layout.status(slide_id)) in records[slide_id].reason and "rerun" in records[slide_id].reason
+    rows = manifest.to_csv(list(records.values())).splitlines()
+    assert rows[0].split(",") == list(manifest.COLUMNS) and len(rows) == 4

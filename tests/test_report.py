@@ -130,8 +130,8 @@ def test_slide_status_falls_back_to_the_manifest(full_run, tmp_path):
     records = manifest.gather(full_run.root)
     (tmp_path / "manifest.csv").write_text(manifest.to_csv(records))
     frame = readers.read_slide_status(tmp_path)
-    assert frame["slide_id"].tolist() == [r["slide_id"] for r in records] == sorted(rd.SLIDES)
-    assert frame["status"].tolist() == [r["status"] for r in records]
+    assert frame["slide_id"].tolist() == [r.slide_id for r in records] == sorted(rd.SLIDES)
+    assert frame["status"].tolist() == [r.status for r in records]
     assert list(frame.columns) == list(manifest.COLUMNS)
     from_status = readers.read_slide_status(full_run.root)
     assert from_status["slide_id"].tolist() == frame["slide_id"].tolist()

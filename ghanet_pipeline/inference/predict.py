@@ -130,9 +130,7 @@ def _status_reason(out_dir: Path, slide_id: str) -> str | None:
     if not path.is_file():
         return None
     record = read_status(path)
-    if record.get("status", "ok") != "ok":
-        return f"tissue stage: {record.get('reason', 'failed')}"
-    return None
+    return None if record.ok else f"tissue stage: {record.reason or 'failed'}"
 
 
 def _unusable_reason(unusable: UnusableStore, out_dir: Path) -> str:

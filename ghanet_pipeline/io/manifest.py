@@ -1,19 +1,21 @@
 """The manifest: per-slide status records (``OUT/status/*.json``) gathered into one csv, and read back.
 
 One reader for every stage: :func:`read_manifest` (the csv as text), :func:`slide_status_table`
-(the records, else the csv, for the report) and :func:`read_status` (one record).
+(the records, else the csv, for the report) and :func:`read_status` (one record, as
+:class:`~ghanet_pipeline.contracts.tiles.SlideStatus`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from pathlib import Path
 
 import pandas as pd
 
+from ghanet_pipeline.contracts.base import ContractError, read_json_record
+from ghanet_pipeline.contracts.tiles import SlideStatus
 from ghanet_pipeline.io.layout import Layout
 
 log = logging.getLogger("ghanet.manifest")
@@ -26,29 +28,28 @@ class ManifestError(ValueError):
     """A manifest csv is missing or lacks the columns a reader needs."""
 
 
-def read_status(path: Path) -> dict:
+def read_status(path: Path) -> SlideStatus:
+    """A slide's status record; one that cannot be read counts as the slide failed, with the reason."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        return {"slide_id": path.stem, "status": "failed", "reason": f"unreadable status record {path}: {err}"}
-    if not isinstance(record, dict):
-        return {"slide_id": path.stem, "status": "failed", "reason": f"status record {path} is not a JSON object"}
-    return record
+        return read_json_record(SlideStatus, path)
+    except ContractError as err:
+        return SlideStatus(slide_id=path.stem, status="failed", reason=str(err))
 
 
-def gather(out_dir: str | Path) -> list[dict]:
-    """One row per ``status/*.json``, sorted by slide id."""
+def gather(out_dir: str | Path) -> list[SlideStatus]:
+    """One record per ``status/*.json``, sorted by slide id."""
     folder = Layout(Path(out_dir)).status_dir
-    rows = [read_status(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-    return sorted(rows, key=lambda r: str(r.get("slide_id", "")))
+    records = [read_status(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return sorted(records, key=lambda r: str(r.slide_id))
 
 
-def to_csv(rows: list[dict]) -> str:
+def to_csv(records: list[SlideStatus]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+    for record in records:
+        row = record.to_attrs()
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
     return buffer.getvalue()
 
 
@@ -78,7 +79,7 @@ def slide_status_table(out_dir: str | Path) -> pd.DataFrame:
     numeric columns of the csv as numbers. Empty when the run has neither."""
     records = gather(out_dir)
     if records:
-        return pd.DataFrame.from_records(records)
+        return pd.DataFrame.from_records([r.to_attrs() for r in records])
     path = Layout(Path(out_dir)).manifest
     if path.is_file():
         return _numbers_as_numbers(read_manifest(path))

@@ -17,12 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    rows = gather(args.out_dir)
-    store.write_text(args.output, to_csv(rows))
-    failed = [r for r in rows if r.get("status") != "ok"]
-    log.info("manifest %s: %d slides, %d failed", args.output, len(rows), len(failed))
-    for row in failed:
-        log.warning("failed slide %s: %s", row.get("slide_id"), row.get("reason"))
-    if not rows:
+    records = gather(args.out_dir)
+    store.write_text(args.output, to_csv(records))
+    failed = [r for r in records if not r.ok]
+    log.info("manifest %s: %d slides, %d failed", args.output, len(records), len(failed))
+    for record in failed:
+        log.warning("failed slide %s: %s", record.slide_id, record.reason)
+    if not records:
         log.warning("no status records under %s/status", args.out_dir)
     return 0
