@@ -115,7 +115,8 @@ def test_output_paths_are_spelt_only_in_the_layout():
             if re.search(r"/\s*[\"'](tiles|qc|status|heatmaps|models|features|genomics|report|logs)[\"']", code) or \
                     re.search(r"[\"'](result\.json|summary\.json|checkpoint_(final|best)\.pt|resume\.pt|predictions_val\.csv|"
                               r"manifest\.csv|predictions\.csv|index\.html|patients\.csv|groups\.json|split\.json|"
-                              r"genomics\.parquet|scaler\.json|targets\.json|metrics\.csv)[\"']", code):
+                              r"genomics\.parquet|scaler\.json|targets\.json|metrics\.csv)[\"']", code) or \
+                    re.search(r"f[\"'][^\"']*\}(_topk)?\.(zarr|png|geojson|json|csv|pt)[\"']", code):  # a per-slide file
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert not offenders, "output paths spelt outside io/layout.py:\n" + "\n".join(offenders)
 

@@ -31,6 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ghanet_pipeline.io.layout import HeatmapFiles
 from ghanet_pipeline.io.store import atomic_path, create_group, write_array
 from ghanet_pipeline.slides.regions import read_patches, thumbnail_size
 from ghanet_pipeline.slides.regions import thumbnail as slide_thumbnail
@@ -284,26 +285,24 @@ def _write_bytes(path: Path, payload: bytes) -> None:
 def write_all(folder: Path, data: SlideAttention, slide_path: str | Path | None, top_k: int) -> list[Path]:
     """Every heatmap output of one slide; a slide that cannot be read still gets arrays and GeoJSON, and
     without a ``slide_path`` (patch geometry unknown) only those."""
-    folder = Path(folder)
-    written = [folder / f"{data.slide_id}.zarr", folder / f"{data.slide_id}.geojson"]
+    files = HeatmapFiles(Path(folder))
+    written = [files.store(data.slide_id), files.geojson(data.slide_id)]
     write_zarr(written[0], data)
     write_geojson(written[1], data)
     if len(data.morphology) == 0 or slide_path is None:  # no pixels to draw on: arrays and GeoJSON only
         return written
     thumb = thumbnail(slide_path, data.level0_size)
-    png = folder / f"{data.slide_id}.png"
+    png = files.png(data.slide_id)
     _write_bytes(png, overlay_png(data, thumb))
     written.append(png)
     if slide_path is not None and top_k > 0:
-        from ghanet_pipeline.slides.slide import SlideError
-
         try:
             gallery = gallery_png(data, slide_path, top_k)
         except SlideError as err:
             log.warning("%s: no top-k gallery (%s)", data.slide_id, err)
             gallery = None
         if gallery is not None:
-            topk = folder / f"{data.slide_id}_topk.png"
+            topk = files.topk(data.slide_id)
             _write_bytes(topk, gallery)
             written.append(topk)
     return written

@@ -135,6 +135,26 @@ class ModelFiles:
 
 
 @dataclass(frozen=True)
+class HeatmapFiles:
+    """``heatmaps/``: what inference writes per slide (given the folder, as infer writes a temporary
+    sibling and renames it into place)."""
+
+    dir: Path
+
+    def store(self, slide_id: str) -> Path:
+        return self.dir / f"{_safe(slide_id)}.zarr"
+
+    def png(self, slide_id: str) -> Path:
+        return self.dir / f"{_safe(slide_id)}.png"
+
+    def geojson(self, slide_id: str) -> Path:
+        return self.dir / f"{_safe(slide_id)}.geojson"
+
+    def topk(self, slide_id: str) -> Path:
+        return self.dir / f"{_safe(slide_id)}_topk.png"
+
+
+@dataclass(frozen=True)
 class Layout:
     """The output tree of one run (see README, 'Outputs'): the only place its paths are spelt.
 
@@ -214,17 +234,21 @@ class Layout:
     def heatmaps_dir(self) -> Path:
         return self.root / "heatmaps"
 
+    @property
+    def heatmaps(self) -> HeatmapFiles:
+        return HeatmapFiles(self.heatmaps_dir)
+
     def heatmap(self, slide_id: str) -> Path:
-        return self.heatmaps_dir / f"{_safe(slide_id)}.zarr"
+        return self.heatmaps.store(slide_id)
 
     def heatmap_png(self, slide_id: str) -> Path:
-        return self.heatmaps_dir / f"{_safe(slide_id)}.png"
+        return self.heatmaps.png(slide_id)
 
     def heatmap_geojson(self, slide_id: str) -> Path:
-        return self.heatmaps_dir / f"{_safe(slide_id)}.geojson"
+        return self.heatmaps.geojson(slide_id)
 
     def heatmap_topk(self, slide_id: str) -> Path:
-        return self.heatmaps_dir / f"{_safe(slide_id)}_topk.png"
+        return self.heatmaps.topk(slide_id)
 
     @property
     def report_dir(self) -> Path:
