@@ -16,7 +16,7 @@ from types import ModuleType
 
 from ghanet_pipeline import __version__
 from ghanet_pipeline.config import ConfigError
-from ghanet_pipeline.runtime import logs
+from ghanet_pipeline.runtime import logs, memory
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     # one job steal the cores of the job beside it (measured here: 2-30x slower steps when
     # Snakemake runs two torch jobs on two cores). A user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    memory.retain_freed_memory()
     parser = build_parser(argv[0])
     args = parser.parse_args(argv[1:])
     logs.setup(args.verbose)

@@ -224,6 +224,7 @@ class FeatureSettings:
     dtype: str
     device: str
     precision: str
+    cpu_graph: bool
     skip_bad_patches: bool
     import_dir: str | None
     import_format: str

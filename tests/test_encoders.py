@@ -114,3 +114,56 @@ def test_generic_timm_model_needs_local_weights_offline(tmp_path, no_local_weigh
 def test_missing_checkpoint_path_is_named():
     with pytest.raises(encoders.WeightsUnavailableError, match="/nowhere/w.pth"):
         encoders.build_encoder("efficientnet_lite0", "/nowhere/w.pth")
+
+
+def test_frozen_cpu_graph_matches_eager_in_micro_batches():
+    """CPU fp32 with cpu_graph: the traced, frozen module runs (batch norm folded) and its features
+    equal the eager module's to float16 resolution, for a batch that is not a multiple of the
+    CPU micro-batch; without cpu_graph the module runs eagerly."""
+    from ghanet_pipeline.features.encoder import CPU_MICRO_BATCH
+
+    patches = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (CPU_MICRO_BATCH + 3, 64, 64, 3),
+                                                                  dtype=np.uint8))
+    eager = encoders.build_encoder("efficientnet_lite0").to("cpu", "fp32")
+    frozen = encoders.build_encoder("efficientnet_lite0").to("cpu", "fp32", cpu_graph=True)
+    expected, got = eager(patches), frozen(patches)
+    assert eager.graph == "eager" and frozen.graph == "frozen"
+    assert got.shape == expected.shape == (len(patches), 1280)
+    assert float((got - expected).abs().max()) < 1e-4 * max(1.0, float(expected.abs().max()))
+    # the graph does not fold the rows of a batch together: one patch alone gives its own row
+    assert torch.allclose(frozen(patches[-1:]), got[-1:], atol=1e-5)
+    bf16 = encoders.build_encoder("efficientnet_lite0").to("cpu", "bf16", cpu_graph=True)
+    bf16(patches[:1])
+    assert bf16.graph == "eager"  # autocast runs eagerly: the graph is for fp32 only
+
+
+def test_untraceable_encoder_runs_eagerly_with_a_warning(caplog):
+    """A module the tracer cannot handle (a dict output) is kept eager, saying so; its outputs are unchanged."""
+    from ghanet_pipeline.features.encoder import Encoder
+    from ghanet_pipeline.features.encoder_types import EncoderSpec
+
+    class DictOut(torch.nn.Module):
+        def forward(self, x):
+            return {"pooled": x.mean(dim=(2, 3))}
+
+    class Unwrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = DictOut()
+
+        def forward(self, x):
+            return self.inner(x)["pooled"] if not torch.jit.is_tracing() else self.inner(x)
+
+    spec = EncoderSpec("toy", "toy", 3, 16, (0.5,) * 3, (0.5,) * 3, 16, 0.5, "fp32")
+    enc = Encoder(spec=spec, model=Unwrap(), dim=3, weights="random", weights_sha256="").to("cpu", "fp32", True)
+    with caplog.at_level("WARNING"):
+        out = enc(torch.full((2, 16, 16, 3), 255, dtype=torch.uint8))
+    assert enc.graph == "eager" and "no frozen CPU graph" in caplog.text
+    assert torch.allclose(out, torch.ones(2, 3))  # white, normalised with mean = std = 0.5
+
+
+def test_freed_memory_is_retained_on_glibc():
+    """mallopt is reached (this test machine runs glibc): the encoder's CPU speed depends on it."""
+    from ghanet_pipeline.runtime.memory import retain_freed_memory
+
+    assert retain_freed_memory() is True

@@ -39,6 +39,7 @@ class FeatureStoreAttrs(Record):
     weights_sha256: str | None = None  # "" when nothing was loaded
     dtype: str | None = None  # stored dtype: float16 | float32
     precision: str | None = None  # fp32 | bf16, as computed
+    graph: str | None = None  # eager | frozen (features.cpu_graph); absent: eager, or written before it existed
     device: str | None = None
     # the patches, as the tiles store laid them out
     patch_size: int | None = None  # px at target_mpp

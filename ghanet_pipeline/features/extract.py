@@ -236,7 +236,7 @@ def build_configured_encoder(settings: FeatureSettings, device=None):
     device = device if device is not None else resolve_device(settings.device, "features.device")
     configure_threads()
     encoder = build_encoder(settings.encoder, settings.weights, settings.allow_download)
-    return encoder.to(device, settings.precision)
+    return encoder.to(device, settings.precision, cpu_graph=settings.cpu_graph)
 
 
 def read_tiles_store(tiles_path: Path) -> tuple[Any, TilesStoreAttrs]:
@@ -389,6 +389,7 @@ def _write_store(tiles, tiles_path: Path, slide_path: Path, out: Path, attrs: Fe
             n_bad_patches=len(bad),
             bad_patches=tuple(bad[:MAX_RECORDED_BAD]),
             seconds=round(time.perf_counter() - t0, 3),
+            graph=encoder.graph,
         )
         group.attrs.update(json_safe(written.to_attrs()))
     return written
