@@ -20,7 +20,7 @@ install: $(STAMP)
 # The demo's slides are small, so one thread per features/train job and two jobs side by
 # side beat two threads per job (torch import and model build are single-threaded).
 demo: install
-	$(BIN)/snakemake --cores $(CORES) --set-threads features=1 train_fold=1
+	$(BIN)/snakemake --cores $(CORES) --set-threads features=1 train_fold=1 train_model=1
 	@echo
 	@echo "Demo finished. Outputs are in $(abspath results)/ ; open $(abspath results)/report/index.html"
 

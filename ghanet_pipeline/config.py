@@ -256,6 +256,7 @@ class TrainSettings:
     device: str
     precision: str
     cache_gb: float | None
+    one_job_per: str = "fold"  # how Snakemake groups folds into jobs; changes no result
 
 
 @dataclass(frozen=True)

@@ -288,3 +288,52 @@ def test_missing_features_dir_for_a_slide_model_is_an_error(cohort, tmp_path):
                    "--out", str(tmp_path / "x"), "--settings", json.dumps({"epochs": 1})])
     assert rc == 1
     assert not (tmp_path / "x" / "result.json").exists()
+
+
+def test_one_job_of_several_folds_keeps_the_complete_ones(tmp_path, capfd):
+    """`ghanet train --fold 0 1 --keep-complete` (rule train_model): a rerun keeps every fold whose
+    outputs are complete and current, and trains again a fold with a missing output (a crash),
+    older than its inputs (features rewritten) or of other settings (fingerprint)."""
+    import shutil
+
+    genomics_dir, features_dir = write_cohort(tmp_path / "cohort", n_patients=20)
+    shutil.copytree(genomics_dir / "fold0", genomics_dir / "fold1")
+    outs = [tmp_path / "abmil" / f"fold{k}" for k in (0, 1)]
+
+    def run(epochs: int = 2) -> dict[int, float]:
+        """Exit code checked; returns each fold's result.json modification time."""
+        argv = ["train", "--model", "abmil", "--fold", "0", "1", "--keep-complete",
+                "--genomics-dir", str(genomics_dir), "--features-dir", str(features_dir),
+                "--out", *map(str, outs), "--settings", json.dumps({"epochs": epochs, "grad_accum": 4, "seed": 3,
+                                                                     "device": "cpu"})]
+        assert cli.main(argv) == 0
+        return {k: (out / "result.json").stat().st_mtime_ns for k, out in enumerate(outs)}
+
+    first = run()
+    results = [FoldResult.from_attrs(json.loads((out / "result.json").read_text())) for out in outs]
+    assert all(r.fingerprint for r in results) and results[0].fingerprint != results[1].fingerprint
+    capfd.readouterr()
+    assert run() == first  # both complete and current: nothing trained
+    assert capfd.readouterr().err.count("complete and current, kept") == 2
+
+    (outs[1] / "checkpoint_final.pt").unlink()  # fold 1 crashed before its final checkpoint
+    again = run()
+    assert again[0] == first[0] and again[1] > first[1]
+    assert "no checkpoint_final.pt; training" in capfd.readouterr().err
+    retrained = FoldResult.from_attrs(json.loads((outs[1] / "result.json").read_text()))
+    assert retrained.cindex_final == results[1].cindex_final  # same seed, same fold, same model
+
+    store_meta = next(features_dir.glob("*.zarr")) / "zarr.json"
+    later = time.time() + 5
+    os.utime(store_meta, (later, later))  # a feature store rewritten after the results
+    newer = run()
+    assert all(newer[k] > again[k] for k in (0, 1))
+
+    with_more_epochs = run(epochs=3)
+    assert all(with_more_epochs[k] > newer[k] for k in (0, 1))
+    assert all(FoldResult.from_attrs(json.loads((o / "result.json").read_text())).epochs == 3 for o in outs)
+
+
+def test_folds_and_out_folders_must_pair_up(tmp_path):
+    argv = ["train", "--model", "snn", "--fold", "0", "1", "--genomics-dir", str(tmp_path), "--out", str(tmp_path)]
+    assert cli.main(argv) == 2

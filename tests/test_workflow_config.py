@@ -65,12 +65,13 @@ def test_a_config_override_that_cannot_be_typed_names_key_and_type(tmp_path, ove
     assert named in log and ("integer" in log or "boolean" in log), log[-2000:]
 
 
-def _genomics_only(tmp_path):
+def _genomics_only(tmp_path, one_job_per: str = "fold"):
     table = tmp_path / "cohort.csv"
     cohort().to_csv(table, index=False)
     tiny_demo_config(tmp_path, demo={"enabled": False}, samples=None, cohort_table=str(table),
                      signatures=str(write_signatures(tmp_path)), genomics={"n_folds": 3, "n_bins": 2},
-                     train={"epochs": 1, "grad_accum": 4, "models": ["ghanet", "ghanet_norecon", "abmil", "snn"]})
+                     train={"epochs": 1, "grad_accum": 4, "models": ["ghanet", "ghanet_norecon", "abmil", "snn"],
+                            "one_job_per": one_job_per})
 
 
 def test_genomics_only_table_with_default_models_skips_slide_models_once(tmp_path):
@@ -99,3 +100,27 @@ def test_until_train_ends_with_each_model_summary(tmp_path):
     summary = json.loads((tmp_path / "results" / "models" / "snn" / "summary.json").read_text())
     assert summary["folds"] == [0, 1, 2]
     assert not (tmp_path / "results" / "report").exists(), "--until train stops before the report"
+
+
+@pytest.mark.slow
+def test_one_training_job_per_model_and_a_rerun_keeps_the_finished_folds(tmp_path):
+    """train.one_job_per: model: one train_model job trains the model's 3 folds in one process; with
+    one fold's result deleted (as after a crash), the rerun trains that fold only."""
+    _genomics_only(tmp_path, one_job_per="model")
+    planned = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", snakemake(tmp_path, "-n").stdout, flags=re.M))
+    assert planned["train_model"] == "1" and "train_fold" not in planned  # snn: one job, not 3
+
+    snakemake(tmp_path, "--cores", "1", "--until", "train")
+    folds = tmp_path / "results" / "models" / "snn"
+    results = {k: folds / f"fold{k}" / "result.json" for k in range(3)}
+    first = {k: p.read_bytes() for k, p in results.items()}  # each holds its own run time: a retrain changes it
+    assert json.loads((folds / "summary.json").read_text())["folds"] == [0, 1, 2]
+
+    results[1].unlink()  # as after a crash in fold 1: neither its result nor the model's summary
+    (folds / "summary.json").unlink()
+    snakemake(tmp_path, "--cores", "1", "--until", "train")
+    again = {k: p.read_bytes() for k, p in results.items()}
+    assert again[0] == first[0] and again[2] == first[2]
+    assert json.loads(again[1])["cindex_final"] == json.loads(first[1])["cindex_final"]  # same seed, same fold
+    job_log = (tmp_path / "results" / "logs" / "train" / "snn.log").read_text()
+    assert job_log.count("complete and current, kept") == 2 and "no result.json; training" in job_log

@@ -45,6 +45,9 @@ class FoldResult(Record):
     device: str = ""
     seconds: float | None = None
     package_version: str = ""
+    # the model configuration, settings and patient set it was trained with (a later job keeps a
+    # fold whose result has the current one); "" in results written before it existed
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)

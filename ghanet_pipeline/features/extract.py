@@ -108,7 +108,7 @@ def complete_store_reason(out: Path, tiles: Path, settings: FeatureSettings) -> 
                 return "features do not match n_patches"
     except (DamagedStoreError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
         return f"damaged ({err})"
-    tiles_meta, out_meta = tiles / "zarr.json", out / "zarr.json"
+    tiles_meta, out_meta = Layout.metadata_of(tiles), Layout.metadata_of(out)
     if tiles_meta.is_file() and tiles_meta.stat().st_mtime_ns > out_meta.stat().st_mtime_ns:
         return "older than its tiles store"
     return ""

@@ -301,6 +301,11 @@ class Layout:
         return Path(store).name.removesuffix(".zarr")
 
     @staticmethod
+    def metadata_of(store: str | Path) -> Path:
+        """``{store}/zarr.json``: the group metadata, written last (its time is the store's)."""
+        return Path(store) / "zarr.json"
+
+    @staticmethod
     def lock_of(store: str | Path) -> Path:
         """``{store}.lock``: beside the store, not in it, so the store's atomic rename leaves it alone."""
         store = Path(store)

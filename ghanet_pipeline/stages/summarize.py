@@ -1,4 +1,4 @@
-"""``ghanet summarize``: arguments, settings and exit codes; the work is in ``ghanet_pipeline.training.train``."""
+"""``ghanet summarize``: arguments, settings and exit codes; the work is in ``ghanet_pipeline.training.summary``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 from ghanet_pipeline.contracts.base import ContractError
 from ghanet_pipeline.io.layout import ModelFiles
 from ghanet_pipeline.io.store import write_json
-from ghanet_pipeline.training.train import TrainInputError, summarize
+from ghanet_pipeline.training.errors import TrainInputError
+from ghanet_pipeline.training.summary import summarize
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ghanet_pipeline.config import stage_settings
+from ghanet_pipeline.config import ConfigError, stage_settings
 from ghanet_pipeline.io.layout import FoldFiles
 from ghanet_pipeline.model import MODEL_NAMES
 from ghanet_pipeline.stages.arguments import add_settings_arguments
@@ -17,10 +17,15 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="G-HANet or a baseline")
-    parser.add_argument("--fold", required=True, type=int, help="fold index k (genomics-dir/fold{k})")
+    parser.add_argument("--fold", required=True, type=int, nargs="+",
+                        help="fold index k (genomics-dir/fold{k}); several: trained one after another in this process")
     parser.add_argument("--genomics-dir", required=True, help="output folder of 'ghanet genomics'")
     parser.add_argument("--features-dir", help="folder of {slide_id}.zarr feature stores (not needed for snn)")
-    parser.add_argument("--out", required=True, help="output folder, e.g. OUT/models/{model}/fold{k}")
+    parser.add_argument("--out", required=True, nargs="+",
+                        help="output folder of each --fold, in the same order, e.g. OUT/models/{model}/fold{k}")
+    parser.add_argument("--keep-complete", action="store_true",
+                        help="keep a fold whose outputs are complete and current instead of training it again "
+                             "(what a job of several folds does when it is rerun after a crash)")
     add_settings_arguments(parser)
 
 
@@ -47,25 +52,35 @@ def _disk_full_message(err: BaseException, out: Path, model_name: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Each fold in turn, each with its own train.log; a failed fold does not stop the next. Exit 1 if any failed."""
+    if len(args.fold) != len(args.out):
+        raise ConfigError(f"--fold lists {len(args.fold)} fold(s) but --out {len(args.out)} folder(s): give one each")
+    settings = stage_settings("train", args.config, args.settings)
+    failed = [fold for fold, out in zip(args.fold, args.out) if not _train_one(args, fold, Path(out), settings)]
+    if failed and len(args.fold) > 1:
+        log.error("%s: fold(s) %s failed (see their train.log)", args.model, ", ".join(map(str, failed)))
+    return 1 if failed else 0
+
+
+def _train_one(args: argparse.Namespace, fold: int, out: Path, settings) -> bool:
     from ghanet_pipeline.io.store import DamagedStoreError, is_disk_full
 
-    settings = stage_settings("train", args.config, args.settings)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(FoldFiles(out).log, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     try:
-        train_fold(args.model, args.fold, args.genomics_dir, args.features_dir, out, settings)
+        train_fold(args.model, fold, args.genomics_dir, args.features_dir, out, settings,
+                   keep_complete=args.keep_complete)
     except (TrainInputError, ValueError, FileNotFoundError, DamagedStoreError) as err:
         log.error("%s", err)
-        return 1
+        return False
     except (OSError, RuntimeError) as err:
         if not is_disk_full(err):
             raise
         log.error("%s", _disk_full_message(err, out, args.model))
-        return 1
+        return False
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
-    return 0
+    return True

@@ -1,5 +1,6 @@
-"""Train one model on one cross-validation fold (``ghanet train``), and gather the folds of a
-model into ``summary.json`` (``ghanet summarize``).
+"""Train one model on one cross-validation fold (``ghanet train``; several folds of one job are
+trained one after another by ``stages.train``). ``training.summary`` gathers the folds of a model
+into ``summary.json`` (``ghanet summarize``).
 
 Recipe (docs/model.md): Adam (lr 2e-4, weight decay 1e-5), one patient per step,
 gradients accumulated over ``grad_accum`` patients (the remainder is stepped and zeroed at the
@@ -41,18 +42,16 @@ from ghanet_pipeline.config import TrainSettings
 from ghanet_pipeline.contracts.base import ContractError, read_json_record
 from ghanet_pipeline.contracts.training import (
     BEST_NOTE,
-    POPULATION_STD,
     SELECTION_BEST,
     SELECTION_FINAL,
     CheckpointMeta,
     FoldResult,
-    ModelSummary,
 )
 from ghanet_pipeline.io.layout import (
     FoldFiles,
     GenomicsFiles,
     GenomicsFoldFiles,
-    ModelFiles,
+    Layout,
 )
 from ghanet_pipeline.io.store import atomic_path, write_json
 from ghanet_pipeline.model import (
@@ -67,12 +66,9 @@ from ghanet_pipeline.model.losses import nll_survival_loss, reconstruction_loss
 from ghanet_pipeline.runtime.devices import resolve_device
 from ghanet_pipeline.survival.metrics import concordance_index, risk_from_survival
 from ghanet_pipeline.training.bags import BagSource, find_patient_stores
+from ghanet_pipeline.training.errors import TrainInputError
 
 log = logging.getLogger(__name__)
-
-
-class TrainInputError(ValueError):
-    """The genomics or feature inputs cannot be used for training (the message says why)."""
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -441,7 +437,7 @@ def _model_config_for(model_name: str, gf: GenomicsFold, cohort: Cohort, setting
 def run_spec(model_name: str, fold: int, gf: GenomicsFold, cohort: Cohort, settings: TrainSettings) -> RunSpec:
     config = _model_config_for(model_name, gf, cohort, settings)
     recon_weight = settings.recon_weight if model_name == "ghanet" else 0.0
-    relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("models", "device", "cache_gb")}
+    relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("models", "device", "cache_gb", "one_job_per")}
     ids = json.dumps([[p.case_id for p in cohort.train], [p.case_id for p in cohort.val]])
     fingerprint = json.dumps({
         "model": model_name, "fold": fold, "model_config": config, "settings": relevant,
@@ -615,6 +611,7 @@ def fold_result(spec: RunSpec, cohort: Cohort, run: TrainingRun, stats: FinalSta
         device=str(device),
         seconds=round(time.time() - started, 2),
         package_version=__version__,
+        fingerprint=spec.fingerprint,
     )
 
 
@@ -625,9 +622,14 @@ def train_fold(
     features_dir: str | Path | None,
     out_dir: str | Path,
     settings: TrainSettings,
+    keep_complete: bool = False,
 ) -> dict[str, Any]:
     """Train one model on one fold; writes every output of the stage (``out_dir`` is the fold
-    folder, :class:`FoldFiles`) and returns what it wrote to result.json."""
+    folder, :class:`FoldFiles`) and returns what it wrote to result.json.
+
+    ``keep_complete``: a fold whose outputs are complete and current (:func:`incomplete_reason`)
+    is kept as it is, not trained again (a job of several folds rerun after a crash).
+    """
     if model_name not in MODEL_NAMES:
         raise TrainInputError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}")
     started = time.time()
@@ -642,6 +644,12 @@ def train_fold(
     cache_bytes = None if settings.cache_gb is None else int(settings.cache_gb * 1e9)
     cohort = build_cohort(model_name, gf, features_dir, cache_bytes)
     spec = run_spec(model_name, fold, gf, cohort, settings)
+    if keep_complete:
+        reason = incomplete_reason(files, spec, newest_input_mtime(genomics_dir, cohort))
+        if not reason:
+            log.info("%s fold %d: complete and current, kept (%s)", model_name, fold, files.result)
+            return read_json_record(FoldResult, files.result).to_attrs()
+        log.info("%s fold %d: %s; training", model_name, fold, reason)
     log.info("%s fold %d: %d training, %d validation patients, %d excluded; device %s", model_name, fold,
              len(cohort.train), len(cohort.val), len(cohort.excluded), device)
 
@@ -656,50 +664,28 @@ def train_fold(
     return result.to_attrs()
 
 
-# ----------------------------------------------------------------------------- summary
+def newest_input_mtime(genomics_dir: str | Path, cohort: Cohort) -> float:
+    """The modification time of the newest input of a fold: a genomics file or a feature store."""
+    paths = [p for p in Path(genomics_dir).rglob("*") if p.is_file()]
+    if cohort.bags is not None:
+        paths += [Layout.metadata_of(store.path) for stores in cohort.bags.stores.values() for store in stores]
+    return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
 
 
-def read_fold_results(models_dir: str | Path) -> list[FoldResult]:
-    """``fold*/result.json`` of one model, in fold order."""
-    results = []
-    for fold_dir in ModelFiles(Path(models_dir)).fold_dirs():
-        path = FoldFiles(fold_dir).result
-        if not path.is_file():
-            continue
-        result = read_json_record(FoldResult, path)
-        if result.fold is None:
-            raise ContractError(f"{path} lacks 'fold'; rerun 'ghanet train' for {fold_dir}")
-        results.append(result)
-    return results
-
-
-def summarize(models_dir: str | Path, model_name: str | None = None) -> ModelSummary:
-    """Cross-fold mean and population std of the final-epoch and (optimistic) best-epoch c-index."""
-    root = Path(models_dir)
-    results = read_fold_results(root)
-    if not results:
-        raise TrainInputError(f"{root}: no fold*/result.json; run 'ghanet train' for each fold first")
-
-    def stats(key: str) -> tuple[tuple, float | None, float | None]:
-        values = tuple(getattr(r, key) for r in results)
-        finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-        if not len(finite):
-            return values, None, None
-        return values, float(finite.mean()), float(finite.std(ddof=0))
-
-    final, final_mean, final_std = stats("cindex_final")
-    best, best_mean, best_std = stats("cindex_best")
-    return ModelSummary(
-        model=model_name or root.name,
-        folds=tuple(int(r.fold) for r in results),
-        cindex_final_mean=final_mean,
-        cindex_final_std=final_std,
-        cindex_final_per_fold=final,
-        cindex_best_mean_optimistic=best_mean,
-        cindex_best_std_optimistic=best_std,
-        cindex_best_per_fold_optimistic=best,
-        best_epoch_per_fold_optimistic=tuple(r.best_epoch for r in results),
-        n_val_per_fold=tuple(r.n_val for r in results),
-        n_excluded_per_fold=tuple(len(r.excluded) for r in results),
-        std=POPULATION_STD,
-    )
+def incomplete_reason(files: FoldFiles, spec: RunSpec, inputs_mtime: float) -> str:
+    """Why the fold in ``files`` must be trained ("" when it is complete and current): its result,
+    final checkpoint and validation predictions exist, the result was written by this model
+    configuration, settings and patient set (``fingerprint``), after the newest input."""
+    needed = [files.result, files.checkpoint("final"), files.checkpoint("best"), files.predictions]
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        return f"no {', '.join(missing)}"
+    try:
+        result = read_json_record(FoldResult, files.result)
+    except ContractError as err:
+        return f"unreadable result ({err})"
+    if result.fingerprint != spec.fingerprint:
+        return "result written with other settings, model configuration or patients"
+    if files.result.stat().st_mtime < inputs_mtime:
+        return "inputs newer than the result"
+    return ""
