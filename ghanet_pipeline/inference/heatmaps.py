@@ -231,7 +231,8 @@ def compose(title: str, panels: list[tuple[str, np.ndarray]], cols: int, caption
         for value in (1.0, 0.5, 0.0):
             draw.text((x0 + 20, y0 + int((1 - value) * (bar_h - 1)) - 6), f"{value:.1f}", fill="black", font=cap_font)
     buf = io.BytesIO()
-    canvas.save(buf, format="PNG", optimize=False, compress_level=6)
+    # level 1: 2-3x faster to write than 6 for ~20 % more bytes (infer is on the critical path)
+    canvas.save(buf, format="PNG", optimize=False, compress_level=1)
     return buf.getvalue()
 
 
