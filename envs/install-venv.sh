@@ -4,12 +4,15 @@
 #
 #     bash envs/install-venv.sh PYTHON VENV
 #
-# With uv when it installs (measured on the 2-core reference machine: 30 s against 80-95 s
-# with pip), else with pip. uv does not read pip's configuration, so the indexes, find-links
-# and constraints pip is configured with (pip.conf, PIP_* variables) are handed to it, and
-# --index-strategy unsafe-best-match makes it choose among indexes as pip does. Bytecode is
+# With uv when it installs (measured on the 2-core reference machine, empty caches: 55 s
+# against 96 s with pip), else with pip. uv does not read pip's configuration, so the indexes,
+# find-links and constraints pip is configured with (pip.conf, PIP_* variables) are handed to
+# it, and --index-strategy unsafe-best-match makes it take the best version across indexes, as
+# pip does. One difference stays: for a version on several indexes uv takes the first index's
+# wheels, pip the most specific one (here: another build of the same OpenCV). Bytecode is
 # compiled at install (uv in parallel), as pip does: otherwise the demo's first jobs compile
-# torch's modules, two at a time, on every fresh venv (measured: ~45 s more for `make demo`).
+# torch's modules, two at a time, on every fresh venv (measured in a fresh clone: `make demo`
+# took 441 s without, 350 s with).
 # GHANET_PIP=1 forces pip.
 set -euo pipefail
 python=${1:?usage: install-venv.sh PYTHON VENV}
