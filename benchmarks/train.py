@@ -66,6 +66,7 @@ class InMemoryBags:
 def synthetic_cohort(n_patients: int, n_patches: int, dim: int, seed: int = 0):
     """Bags whose mean carries a little survival signal, so c-indices are not pure noise."""
     rng = np.random.default_rng(seed)
+    targets_rng = torch.Generator().manual_seed(seed)  # the same reconstruction targets in every run
     direction = rng.standard_normal(dim).astype(np.float32)
     patients, bags = [], {}
     for i in range(n_patients):
@@ -74,7 +75,7 @@ def synthetic_cohort(n_patients: int, n_patches: int, dim: int, seed: int = 0):
         months = float(rng.uniform(b * 25, (b + 1) * 25))
         bag = rng.standard_normal((n_patches, dim), dtype=np.float32) + 0.05 * (1.5 - b) * direction
         bags[case_id] = bag.astype(np.float16)
-        patients.append(Patient(case_id, months, c, b, 2 * b + c, None, [torch.randn(k) for k in PAPER_K]))
+        patients.append(Patient(case_id, months, c, b, 2 * b + c, None, [torch.randn(k, generator=targets_rng) for k in PAPER_K]))
     n_val = max(2, n_patients // 5)
     return patients[n_val:], patients[:n_val], InMemoryBags(bags)
 
