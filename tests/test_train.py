@@ -185,8 +185,13 @@ def test_patient_with_two_slides_gets_both_bags(cohort):
     genomics_dir, features_dir = cohort
     found = find_patient_stores({"P000": ["P000-S0", "P000-S1"]}, features_dir)
     sizes = [s.n_patches for s in found.stores["P000"]]
-    bag = BagSource(found.stores, cache_bytes=0).get("P000")  # streamed: nothing cached
+    streamed = BagSource(found.stores, cache_bytes=0)
+    bag = streamed.get("P000")
+    assert not streamed.cache  # streamed: nothing kept
     assert len(sizes) == 2 and bag.shape == (sum(sizes), 16) and bag.dtype == torch.float32
+    cached = BagSource(found.stores)
+    assert cached.in_memory and not cached.cache  # nothing read until a bag is asked for
+    assert torch.equal(cached.get("P000"), bag) and set(cached.cache) == {"P000"}
     first = np.asarray(store.open_store(features_dir / "P000-S0.zarr")["features"][...], dtype="float32")
     assert torch.equal(bag[: sizes[0]], torch.from_numpy(first))
 

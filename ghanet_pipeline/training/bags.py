@@ -17,7 +17,6 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ghanet_pipeline.contracts.features import FeatureStoreAttrs
 from ghanet_pipeline.io.layout import Layout
@@ -165,7 +164,11 @@ def available_memory_bytes() -> int:
 
 
 class BagSource:
-    """Patient bags by case id; cached in memory when they fit ``cache_bytes`` (None = half of free RAM)."""
+    """Patient bags by case id; cached in memory when they fit ``cache_bytes`` (None = half of free RAM).
+
+    A bag is read at its first ``get`` (then kept, when cached), not when the source is built:
+    a fold that ``ghanet train --keep-complete`` keeps reads no feature store.
+    """
 
     def __init__(self, stores: Mapping[str, list[SlideFeatures]], cache_bytes: int | None = None) -> None:
         self.stores = dict(stores)
@@ -175,9 +178,6 @@ class BagSource:
         self.cache: dict[str, np.ndarray] = {}
         log.info("patient bags: %d patients, %.2f GB of features, %s (budget %.2f GB)", len(self.stores),
                  total / 1e9, "cached in memory" if self.in_memory else "streamed from the stores", budget / 1e9)
-        if self.in_memory:
-            for case_id in tqdm(sorted(self.stores), desc="loading features", unit="patient", mininterval=5):
-                self.cache[case_id] = read_bag(self.stores[case_id])
 
     def __contains__(self, case_id: str) -> bool:
         return case_id in self.stores
@@ -190,6 +190,8 @@ class BagSource:
         bag = self.cache.get(case_id)
         if bag is None:
             bag = read_bag(self.stores[case_id])
+            if self.in_memory:
+                self.cache[case_id] = bag
         if rows is not None:
             bag = bag[rows]
         return torch.from_numpy(np.ascontiguousarray(bag, dtype=np.float32))
