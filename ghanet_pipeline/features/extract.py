@@ -232,11 +232,13 @@ def configure_threads() -> int:
 def build_configured_encoder(settings: FeatureSettings, device=None):
     """The encoder ``settings`` name, on its device, with the thread count fixed first."""
     from ghanet_pipeline.features.encoders import build_encoder
+    from ghanet_pipeline.features.graph_cache import GraphCache
 
     device = device if device is not None else resolve_device(settings.device, "features.device")
     configure_threads()
-    encoder = build_encoder(settings.encoder, settings.weights, settings.allow_download)
-    return encoder.to(device, settings.precision, cpu_graph=settings.cpu_graph)
+    # lazy: the module is built only if the graph cache cannot serve its frozen CPU graph
+    encoder = build_encoder(settings.encoder, settings.weights, settings.allow_download, lazy=True)
+    return encoder.to(device, settings.precision, cpu_graph=settings.cpu_graph, graph_cache=GraphCache.default())
 
 
 def read_tiles_store(tiles_path: Path) -> tuple[Any, TilesStoreAttrs]:
