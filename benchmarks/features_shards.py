@@ -1,8 +1,12 @@
 """Amortised feature jobs: one `ghanet features` process per slide against one per shard of
 slides, side by side on the same generated cohort (>= 100 small slides by default).
 
-    python benchmarks/features_shards.py                          # 100 slides, shards of 1 and 10
+    python benchmarks/features_shards.py                          # 100 slides: 1, 20 and auto
     python benchmarks/features_shards.py --slides 20 --shard-sizes 1,5 --side 768
+
+A shard size is a number of slides per job or ``auto`` (config.yaml's default: shards of about
+``features.shard_megabytes`` of slide files, planned by ``ghanet_pipeline.features.shards`` as
+the workflow plans them).
 
 Each job is a real subprocess (`python -m ghanet_pipeline features ...`, as Snakemake runs it),
 run one at a time with OMP_NUM_THREADS=1, so wall and CPU seconds are those of the stage on one
@@ -30,6 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ghanet_pipeline.features.shards import AUTO, plan_shards  # noqa: E402
 from ghanet_pipeline.io import store  # noqa: E402
 from ghanet_pipeline.slides import synthetic
 
@@ -67,19 +72,26 @@ def make_cohort(root: Path, n: int, side: int, patch: int) -> list[tuple[Path, P
     return pairs
 
 
-def run_jobs(pairs, out_dir: Path, shard_size: int, settings: dict) -> dict:
-    """Every slide through jobs of ``shard_size`` slides, one job at a time."""
+def run_jobs(pairs, out_dir: Path, shard_size: int | str, settings: dict, graph_cache: Path | None) -> dict:
+    """Every slide through the jobs of ``shard_size`` (as the workflow plans them), one job at a time.
+
+    ``graph_cache``: the frozen-encoder-graph cache every job shares (warm); None: each job
+    starts with an empty one and traces the encoder itself (the cost before the cache existed).
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    by_slide = {slide.stem: (tiles, slide) for tiles, slide in pairs}
+    plan = plan_shards(list(by_slide), [slide for _, slide in pairs], shard_size, None, settings["device"])
     jobs = 0
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t_start = time.perf_counter()
-    for start in range(0, len(pairs), shard_size):
-        shard = pairs[start:start + shard_size]
+    for names in plan:
+        shard = [by_slide[name] for name in names]
         outs = [out_dir / t.name for t, _ in shard]
         cmd = [sys.executable, "-m", "ghanet_pipeline", "features", "--tiles", *[str(t) for t, _ in shard],
                "--slide-path", *[str(s) for _, s in shard], "--out", *map(str, outs),
                "--settings", json.dumps(settings)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        cache = graph_cache if graph_cache is not None else out_dir / f".graph-cache-{jobs}"
+        proc = subprocess.run(cmd, env={**env, "GHANET_CACHE_DIR": str(cache)}, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"job failed ({proc.returncode}): {proc.stderr[-2000:]}")
         jobs += 1
@@ -96,12 +108,14 @@ def main() -> None:
     parser.add_argument("--slides", type=int, default=100)
     parser.add_argument("--side", type=int, default=1024, help="slide side in px (0.5 um/px)")
     parser.add_argument("--patch", type=int, default=256)
-    parser.add_argument("--shard-sizes", default="1,10")
+    parser.add_argument("--shard-sizes", default="1,20,auto", help="slides per job, or auto")
     parser.add_argument("--encoder", default="efficientnet_lite0")
     parser.add_argument("--sample-single", type=int, default=None,
                         help="run the one-job-per-slide side on the first N slides only (per-slide figures "
                              "are per slide either way); default: all")
     parser.add_argument("--workdir", help="keep the cohort and stores here (default: a temporary folder)")
+    parser.add_argument("--cold-graph-cache", action="store_true",
+                        help="every job traces the encoder (an empty graph cache per job), as before the cache")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = {"encoder": args.encoder, "weights": "default" if args.encoder == "efficientnet_lite0" else "random",
@@ -113,12 +127,17 @@ def main() -> None:
         per_slide = (args.side // args.patch) ** 2
         print(f"{args.slides} generated slides of {args.side}x{args.side} px, {per_slide} patches each "
               f"({time.perf_counter() - t0:.0f} s to write); encoder {args.encoder} on 1 CPU thread")
+        graph_cache = None if args.cold_graph_cache else root / "graph-cache"
+        if graph_cache is not None:  # the first job on a machine traces and saves the graph: not timed
+            t0 = time.perf_counter()
+            run_jobs(pairs[:1], root / "features_warmup", 1, settings, graph_cache)
+            print(f"graph cache warmed by one job ({time.perf_counter() - t0:.1f} s, untimed); every timed job loads it")
         results = []
-        for k in [int(v) for v in args.shard_sizes.split(",")]:
+        for k in [v if v == AUTO else int(v) for v in args.shard_sizes.split(",")]:
             subset = pairs[: args.sample_single] if k == 1 and args.sample_single else pairs
-            r = run_jobs(subset, root / f"features_k{k}", k, settings)
+            r = run_jobs(subset, root / f"features_k{k}", k, settings, graph_cache)
             results.append(r)
-            print(f"slides_per_job {k:>3}: {r['jobs']:>4} jobs, wall {r['wall_s']:.0f} s = "
+            print(f"slides_per_job {k!s:>4}: {r['jobs']:>4} jobs, wall {r['wall_s']:.0f} s = "
                   f"{r['wall_s_per_slide']:.2f} s/slide, CPU {r['cpu_s']:.0f} s = {r['cpu_s_per_slide']:.2f} s/slide",
                   flush=True)
         first = results[0]

@@ -228,7 +228,8 @@ class FeatureSettings:
     skip_bad_patches: bool
     import_dir: str | None
     import_format: str
-    slides_per_job: int
+    slides_per_job: int | str  # k, or "auto" (features.shards)
+    shard_megabytes: int | None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,3 +143,20 @@ def test_cli_needs_one_value_per_slide(tmp_path):
                            "--slide-path", "a.svs", "--out", "a_out.zarr"], capture_output=True, text=True,
                           cwd=REPO, timeout=60)
     assert proc.returncode == 2 and "one value per slide" in proc.stderr
+
+
+def test_a_shard_of_one_slide_keeps_its_complete_store(shard_tiles, uninterrupted, tmp_path):
+    """The workflow's shard rules pass --keep-complete: a one-slide shard (a plan's last shard)
+    keeps a complete store, as larger shards do; a plain one-slide job redoes it."""
+    out = tmp_path / shard_tiles[0].name
+    shutil.copytree(uninterrupted / shard_tiles[0].name, out)
+    stamp = (out / "zarr.json").stat().st_mtime_ns
+    base = [sys.executable, "-m", "ghanet_pipeline", "features", "--tiles", str(shard_tiles[0]),
+            "--slide-path", str(CMU), "--out", str(out), "--settings", json.dumps(SETTINGS)]
+    kept = subprocess.run([*base, "--keep-complete"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    assert "complete, kept" in kept.stderr and (out / "zarr.json").stat().st_mtime_ns == stamp
+    redone = subprocess.run(base, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert redone.returncode == 0, redone.stderr[-2000:]
+    assert (out / "zarr.json").stat().st_mtime_ns != stamp
+    _assert_same_store(out, uninterrupted / shard_tiles[0].name)

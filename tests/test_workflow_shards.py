@@ -74,3 +74,35 @@ def test_one_job_per_shard_and_reruns_redo_one_slide(sharded_run):
     # nothing left to do afterwards (no params drift from the forced run)
     final = snakemake(work, "-n", "--cores", "2", *stores)
     assert "Nothing to be done" in final.stdout + final.stderr
+
+
+def test_auto_shards_follow_the_slide_bytes_and_a_new_plan_encodes_nothing_again(sharded_run):
+    """slides_per_job: auto on a sample sheet of existing slides groups them by their bytes on disk.
+    Changing the plan reruns the shard jobs whose slide lists changed, and they keep every store."""
+    from ghanet_pipeline.features.shards import plan_shards, slide_bytes
+
+    work = sharded_run
+    stores = _stores(work)
+    slides = [Path(s).stem for s in stores]
+    paths = [work / "demo_data" / "slides" / f"{s}.svs" for s in slides]
+    total_mb = sum(slide_bytes(p) for p in paths) / (1 << 20)
+    budget = max(1, round(total_mb / 2))  # about two shards' worth
+    expected = plan_shards(slides, paths, "auto", budget)
+    assert 2 <= len(expected) < len(slides) and sum(expected, []) == slides
+    # the demo's slides, now on disk, as a user's sample sheet (the demo itself is never weighed);
+    # brought up to date with fixed shards first (leaving the demo reruns the tissue stage)
+    as_sheet = {"demo": {"enabled": False}, "samples": "demo_data/samples.csv"}
+    tiny_demo_config(work, **as_sheet, features=FEATURES)
+    snakemake(work, "--cores", "2", *stores)
+    tiny_demo_config(work, **as_sheet, features={**FEATURES, "slides_per_job": "auto", "shard_megabytes": budget})
+
+    features_dir = work / "results" / "features" / "test_efficientnet"
+    before = _stamps(features_dir)
+    plan = _job_counts(snakemake(work, "-n", "--cores", "2", "--forcerun",
+                                 *[f"features_shard{i}" for i in range(len(expected))], "--", *stores).stdout)
+    assert {k: v for k, v in plan.items() if k.startswith("features")} == {
+        f"features_shard{i}": 1 for i in range(len(expected))}
+    snakemake(work, "--cores", "2", *stores)  # the new plan: shard jobs run, keep their stores
+    assert _stamps(features_dir) == before
+    final = snakemake(work, "-n", "--cores", "2", *stores)
+    assert "Nothing to be done" in final.stdout + final.stderr  # and the plan is stable from then on

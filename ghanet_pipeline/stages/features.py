@@ -29,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--strict", action="store_true", help="exit non-zero instead of writing a failed store for a failed slide"
     )
     parser.add_argument(
+        "--keep-complete", action="store_true",
+        help="keep every store that is complete and current, also for a single slide (always so for several; "
+             "the workflow's shard rules pass it, so a shard of one slide keeps its store too)",
+    )
+    parser.add_argument(
         "--redo", action="append", default=[], metavar="OUT",
         help="re-encode this store even when it is complete (may repeat; default: complete stores are kept)",
     )
@@ -42,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
                   len(args.tiles), len(args.slide_path), len(args.out))
         return 2
     items = [ShardItem(Path(t), Path(s), Path(o)) for t, s, o in zip(args.tiles, args.slide_path, args.out)]
-    if len(items) == 1 and not args.redo:  # one slide: today's job, the store redone as asked
+    if len(items) == 1 and not (args.redo or args.keep_complete):  # one slide's job: its store redone
         return run_one(items[0], settings, args.strict)
     return extract_shard(items, settings, strict=args.strict, redo={Path(r) for r in args.redo}).exit_code
 

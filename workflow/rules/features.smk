@@ -1,22 +1,27 @@
 # Stage 2: patch features with the configured encoder (GPU when present).
 #
 # features.slides_per_job = 1: one job per slide (rule `features`).
-# features.slides_per_job = k > 1: one job per shard of k slides (rules `features_shard<i>`), one
-# process, one encoder build and one CUDA context for the k slides; each slide keeps its own
-# store, status and failure. The stores are `update()` outputs: Snakemake does not delete them
-# before a shard job runs, and the job keeps every store that is complete and current
-# (ghanet_pipeline.features.extract.complete_store_reason: finished, same encoder settings, newer than
-# its tiles store), so a crashed shard redoes only its unfinished slides, and a deleted store or
-# a re-tiled slide (`--forcerun results/tiles/S2.zarr`) costs one job start plus that slide.
-# `--forcerun` of a store (or of features_shard<i>) reruns the job but keeps its complete
-# stores: to re-encode one slide, delete its store. The shard rules take their threads and
-# resources from rule `features`, so the profile's set-threads/set-resources apply to them too.
+# features.slides_per_job = k > 1 or auto: one job per shard (rules `features_shard<i>`), one
+# process, one encoder build and one CUDA context for its slides; each slide keeps its own
+# store, status and failure. auto sizes shards by the slides' bytes on disk
+# (features.shard_megabytes; ghanet_pipeline.features.shards.plan_shards). The stores are
+# `update()` outputs: Snakemake does not delete them before a shard job runs, and the job keeps
+# every store that is complete and current (ghanet_pipeline.features.extract.complete_store_reason:
+# finished, same encoder settings, newer than its tiles store), so a crashed shard redoes only its
+# unfinished slides, and a deleted store or a re-tiled slide (`--forcerun results/tiles/S2.zarr`)
+# costs one job start plus that slide. `--forcerun` of a store (or of features_shard<i>) reruns
+# the job but keeps its complete stores: to re-encode one slide, delete its store. The shard
+# rules take their threads and resources from rule `features`, so the profile's
+# set-threads/set-resources apply to them too.
 
-SLIDES_PER_JOB = int(config["features"]["slides_per_job"])
-# The shard size changes no result, so it is not part of the settings that trigger reruns.
+from ghanet_pipeline.features.shards import plan_shards
+
+SLIDES_PER_JOB = config["features"]["slides_per_job"]
+# How slides are grouped into jobs changes no result: not part of the settings that trigger reruns.
 FEATURE_SETTINGS = json.dumps(
-    {k: v for k, v in config["features"].items() if k != "slides_per_job"}, sort_keys=True
+    {k: v for k, v in config["features"].items() if k not in ("slides_per_job", "shard_megabytes")}, sort_keys=True
 )
+ONE_JOB_PER_SLIDE = SLIDES_PER_JOB == 1
 # Counted by `snakemake --resources gpu=N` (a workstation with N GPUs: at most N GPU jobs at
 # once, each claiming its own device, ghanet_pipeline.runtime.devices); nothing on a CPU-only run.
 FEATURES_GPUS = 0 if config["features"]["device"] == "cpu" else 1
@@ -44,15 +49,22 @@ rule features:
         "../../envs/features.yaml"
     wildcard_constraints:
         # with shards, this rule is only the template of their threads and resources
-        slide=r"[A-Za-z0-9][A-Za-z0-9._-]*" if SLIDES_PER_JOB == 1 and not IMPORTED else r"(?!)",
+        slide=r"[A-Za-z0-9][A-Za-z0-9._-]*" if ONE_JOB_PER_SLIDE and not IMPORTED else r"(?!)",
     shell:
         "ghanet features --tiles {input.tiles} --slide-path {params.path:q} --out {output.store}"
         " --settings {params.settings:q} {params.strict} > {log} 2>&1"
 
 
-if SLIDES_PER_JOB > 1 and not IMPORTED:
+if not ONE_JOB_PER_SLIDE and not IMPORTED:
     _TEMPLATE = rules.features.rule
-    FEATURE_SHARDS = [SLIDES[i : i + SLIDES_PER_JOB] for i in range(0, len(SLIDES), SLIDES_PER_JOB)]
+    FEATURE_SHARDS = plan_shards(
+        SLIDES,
+        # the demo's slides are written by the workflow: not weighable when the first plan is made
+        None if demo_outputs() else [SAMPLES.loc[s, "path"] for s in SLIDES],
+        SLIDES_PER_JOB,
+        config["features"]["shard_megabytes"],
+        config["features"]["device"],
+    )
 
     for _index, _shard in enumerate(FEATURE_SHARDS):
 
@@ -75,7 +87,7 @@ if SLIDES_PER_JOB > 1 and not IMPORTED:
                 "../../envs/features.yaml"
             shell:
                 "ghanet features --tiles {input.tiles:q} --slide-path {params.paths:q} --out {output:q}"
-                " --settings {params.settings:q} {params.strict} > {log} 2>&1"
+                " --keep-complete --settings {params.settings:q} {params.strict} > {log} 2>&1"
 
         # threads and resources (with the profile's set-threads/set-resources of `features`)
         for _key, _value in _TEMPLATE.resources.items():
