@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,7 @@ from torch import nn
 
 from ghanet_pipeline.model import build_model, model_config
 from ghanet_pipeline.model.attention import MultiHeadAttention
+from ghanet_pipeline.model.dropout import FastDropout, dropout, keep_threshold
 from ghanet_pipeline.model.ghanet import association_weights, topk_count
 from ghanet_pipeline.model.losses import nll_survival_loss, reconstruction_loss
 
@@ -94,7 +96,7 @@ def test_clean_structure_is_unchanged():
     ]
     for mha in (model.cross_attn_1, model.cross_attn_2, model.self_attn):
         assert [n for n, _ in mha.named_children()] == ["to_q", "to_k", "to_v", "to_out", "dropout"]
-    assert [type(m) for m in model.morphology.a] == [nn.Linear, nn.Tanh, nn.Dropout]
+    assert [type(m) for m in model.morphology.a] == [nn.Linear, nn.Tanh, FastDropout]
 
 
 # --------------------------------------------------------------------------- where dropout acts
@@ -114,16 +116,55 @@ def test_attention_dropout_acts_where_it_says(dropout_at):
     probabilities = expected_logits.softmax(-1)
     torch.manual_seed(11)  # the same dropout mask, drawn by hand where the mode says
     if dropout_at == "probabilities":
-        probabilities = F.dropout(probabilities, 0.25, training=True)
+        probabilities = dropout(probabilities, 0.25, training=True)
     expected = mha.to_out((probabilities @ v).transpose(0, 1).reshape(3, 8))
     if dropout_at == "output":
-        expected = F.dropout(expected, 0.25, training=True)
+        expected = dropout(expected, 0.25, training=True)
     assert torch.allclose(logits, expected_logits, atol=1e-6)  # logits: before softmax and dropout
     assert torch.allclose(out, expected, atol=1e-6)
     if dropout_at == "probabilities":  # nothing zeroed after the output projection
         assert (out != 0).all()
     else:
         assert (out == 0).any()
+
+
+@pytest.mark.parametrize("p", [0.25, 0.1])
+def test_fast_dropout_zeroes_p_scales_the_rest_and_is_seeded(p):
+    layer = FastDropout(p).train()
+    assert isinstance(layer, nn.Dropout) and not list(layer.state_dict())
+    x = (torch.rand(400, 500) + 0.5).requires_grad_()  # no zeros of its own
+    torch.manual_seed(3)
+    y = layer(x)
+    keep = y != 0
+    assert abs(float(1 - keep.float().mean()) - p) < 0.005  # 200000 draws: std 0.001
+    assert torch.allclose(y[keep], x[keep] / (1 - p), rtol=1e-6, atol=0)
+    y.backward(torch.full_like(y, 2.0))
+    assert torch.equal(x.grad, keep * 2.0 * torch.tensor(1 / (1 - p)))  # grad * mask * scale
+    torch.manual_seed(3)
+    assert torch.equal(layer(x), y)  # the same seed, the same mask
+    assert not torch.equal(layer(x), y)  # the stream moves on
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, p, training=True), y)  # one implementation: module and function
+    assert torch.equal(layer.eval()(x), x)  # eval mode: identity, as nn.Dropout
+
+
+def test_fast_dropout_keep_probability_is_exact_where_it_can_be():
+    assert keep_threshold(0.25) == (np.uint8, 64)  # one byte per entry
+    assert keep_threshold(2**-12) == (np.uint16, 16)
+    dtype, t = keep_threshold(0.1)
+    assert dtype == np.uint32 and abs(t / 2**32 - 0.1) <= 2**-33
+    x = torch.ones(10)
+    assert torch.equal(dropout(x, 0.0), x) and torch.equal(dropout(x, 1.0), torch.zeros(10))
+    assert torch.equal(dropout(x, 0.5, training=False), x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fast_dropout_is_native_dropout_on_cuda():
+    x = torch.randn(64, 32, device="cuda")
+    torch.manual_seed(4)
+    ours = FastDropout(0.25).train()(x)
+    torch.manual_seed(4)
+    assert torch.equal(ours, nn.Dropout(0.25).train()(x))
 
 
 def test_faithful_gated_scorer_has_no_dropout_in_train_mode():

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ghanet_pipeline.model.dropout import FastDropout
+
 DROPOUT_PLACES = ("output", "probabilities")
 
 
@@ -65,9 +67,9 @@ class MultiHeadAttention(nn.Module):
         self.to_out = nn.Linear(inner, dim)
         # Registered under different names so that the module list says where dropout acts.
         if dropout_at == "output":
-            self.dropout = nn.Dropout(dropout)
+            self.dropout = FastDropout(dropout)
         else:
-            self.attn_dropout = nn.Dropout(dropout)
+            self.attn_dropout = FastDropout(dropout)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], self.heads, self.head_dim).transpose(0, 1)  # (h, L, d)
@@ -121,7 +123,7 @@ class FeedForward(nn.Module):
             nn.Linear(dim, hidden * 2),
             GEGLU(),
             nn.Linear(hidden, dim),
-            nn.Dropout(dropout),
+            FastDropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ghanet_pipeline.model.dropout import FastDropout
 from ghanet_pipeline.model.ghanet import GatedAttention, as_bag, survival_outputs
 
 
@@ -28,9 +29,9 @@ class ABMIL(nn.Module):
 
     def __init__(self, feature_dim: int, n_bins: int = 4, hidden: int = 512, dropout: float = 0.25) -> None:
         super().__init__()
-        self.proj = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.proj = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), FastDropout(dropout))
         self.attention = GatedAttention(hidden, hidden // 2, dropout)
-        self.rho = nn.Sequential(nn.Linear(hidden, hidden // 2), nn.ReLU(), nn.Dropout(dropout))
+        self.rho = nn.Sequential(nn.Linear(hidden, hidden // 2), nn.ReLU(), FastDropout(dropout))
         self.classifier = nn.Linear(hidden // 2, n_bins)
 
     def forward(self, features: torch.Tensor, return_attention: bool = False) -> dict:

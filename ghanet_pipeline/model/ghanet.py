@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ghanet_pipeline.model.attention import FeedForward, MultiHeadAttention
+from ghanet_pipeline.model.dropout import FastDropout
 
 TOPK_FRACTION = 0.2
 
@@ -75,7 +76,7 @@ class GatedAttention(nn.Module):
 
         def branch(activation: nn.Module) -> nn.Sequential:
             layers = [nn.Linear(dim, hidden), activation]
-            return nn.Sequential(*layers, nn.Dropout(dropout)) if dropout > 0 else nn.Sequential(*layers)
+            return nn.Sequential(*layers, FastDropout(dropout)) if dropout > 0 else nn.Sequential(*layers)
 
         self.a = branch(nn.Tanh())
         self.b = branch(nn.Sigmoid())
@@ -130,7 +131,7 @@ class GHANet(nn.Module):
         n_tokens = len(self.group_sizes)
 
         # --- cross-modal associating branch
-        self.cab_proj = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.cab_proj = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), FastDropout(dropout))
         self.tokens = nn.Parameter(torch.randn(n_tokens, hidden))
         self.norm_context = nn.LayerNorm(hidden)  # LN_h, shared by both rounds
         self.norm_q1 = nn.LayerNorm(hidden)
@@ -145,14 +146,14 @@ class GHANet(nn.Module):
         self.norm_recon = nn.LayerNorm(hidden)
         self.recon_heads = nn.ModuleList(
             nn.Sequential(
-                nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ELU(), nn.Dropout(dropout), nn.Linear(hidden, k)
+                nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ELU(), FastDropout(dropout), nn.Linear(hidden, k)
             )
             for k in self.group_sizes
         )
 
         # --- hyper-attention survival branch
         self.hsb_proj = nn.Sequential(
-            nn.Linear(feature_dim, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Dropout(dropout)
+            nn.Linear(feature_dim, hidden), nn.LayerNorm(hidden), nn.ReLU(), FastDropout(dropout)
         )
         self.morphology = GatedAttention(hidden, hidden // 2, 0.0 if faithful else dropout)  # release: no dropout
         self.edge_mlp_1 = nn.Sequential(nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ReLU())
@@ -161,7 +162,7 @@ class GHANet(nn.Module):
         self.norm_ff3 = nn.LayerNorm(hidden)
         self.ff3 = FeedForward(hidden, dropout=dropout)
         self.token_head = nn.Sequential(
-            nn.Linear(hidden, hidden // 2), nn.LayerNorm(hidden // 2), nn.ReLU(), nn.Dropout(dropout)
+            nn.Linear(hidden, hidden // 2), nn.LayerNorm(hidden // 2), nn.ReLU(), FastDropout(dropout)
         )
         self.classifier = nn.Linear(n_tokens * (hidden // 2), n_bins)
 
