@@ -9,9 +9,15 @@ per step, the loss divided by 32 and the optimiser stepped every 32 patients, ``
 loss and of the risk after every step (the train c-index comes from those training-pass risks),
 then predictions on the validation fold only. Its model computes the second cross-attention
 round by calling the round-1 module again (keys/values projected twice), as the release does;
-ours (``attention_mode: faithful``) reuses them (ghanet_pipeline.model). Our loop: the same
-steps, loss sums kept on the device, validation predictions, and train-set statistics once at
-the end of the run (reported apart, and amortised over ``--run-epochs``).
+ours (``attention_mode: faithful``) reuses them (ghanet_pipeline.model). The reference model
+also has none of our model-level optimisations: its dropout layers are plain ``nn.Dropout``
+(``bernoulli_`` masks), where ours draw a cheaper mask on the CPU
+(ghanet_pipeline.model.dropout). Our loop: the same steps, loss sums kept on the device,
+validation predictions, and train-set statistics once at the end of the run (reported apart,
+and amortised over ``--run-epochs``).
+
+The process keeps freed memory for reuse (``retain_freed_memory``, as the ``ghanet`` CLI does at
+start), for both loops alike.
 
 Prints s/epoch of each loop and the ratio reference / ours, in fp32 (our default on CPU) and
 with the opt-in bf16 autocast (``train.precision: bf16``).
@@ -29,11 +35,14 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+from torch import nn
 
 from ghanet_pipeline.config import section_from_json
 from ghanet_pipeline.model import build_model, model_config
+from ghanet_pipeline.model.dropout import FastDropout
 from ghanet_pipeline.model.losses import nll_survival_loss, reconstruction_loss
 from ghanet_pipeline.runtime.devices import resolve_device
+from ghanet_pipeline.runtime.memory import retain_freed_memory
 from ghanet_pipeline.survival.metrics import concordance_index, risk_from_survival
 from ghanet_pipeline.training.train import (
     Patient,
@@ -90,6 +99,17 @@ def release_associate(self, h: torch.Tensor):
     return self.norm_recon(r), logits.mean(dim=0)
 
 
+def release_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` as the release computes it: K/V projected twice, plain ``nn.Dropout``."""
+    ref = copy.deepcopy(model)
+    ref.associate = types.MethodType(release_associate, ref)
+    for parent in list(ref.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FastDropout):
+                setattr(parent, name, nn.Dropout(child.p, child.inplace))
+    return ref
+
+
 def reference_epoch(model, optimizer, train, val, bags, settings, epoch, device, autocast) -> dict:
     """One epoch of the reference schedule (see the module docstring)."""
     model.train()
@@ -141,8 +161,7 @@ def run(args, precisions: list[str], train, val, bags, device) -> dict:
     config = model_config("ghanet", feature_dim=args.dim, group_sizes=PAPER_K, attention_mode="faithful")
     init = build_model("ghanet", config).to(device)
     models = {p: copy.deepcopy(init) for p in precisions}
-    ref = copy.deepcopy(init)
-    ref.associate = types.MethodType(release_associate, ref)
+    ref = release_model(init)
 
     def adam(model):
         s = settings[precisions[0]]
@@ -192,6 +211,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    retain_freed_memory()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device, "--device")
     train, val, bags = synthetic_cohort(args.patients, args.patches, args.dim)
