@@ -1,6 +1,6 @@
 """Which slides one features job encodes: the shard plan the workflow makes at parse time.
 
-A features job pays a fixed cost (interpreter, torch, the encoder: ~2.6 CPU s here with the
+A features job pays a fixed cost (interpreter, torch, the encoder: ~2.2 CPU s here with the
 graph cache, plus CUDA initialisation on a GPU) before its first patch, so a job should hold
 enough work to dwarf it. ``features.slides_per_job``:
 
