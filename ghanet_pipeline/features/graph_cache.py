@@ -56,11 +56,15 @@ def _version(package: str) -> str:
         return ""
 
 
+BUILDER_SOURCES = ("encoders.py", "checkpoints.py")  # where the modules are built and their weights read
+
+
 def _builder_source_digest() -> str:
     """The module builders' source: a change there (key mapping, truncation) changes every key."""
-    from ghanet_pipeline.features import encoders
-
-    return hashlib.sha256(Path(encoders.__file__).read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for name in BUILDER_SOURCES:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def graph_identity(encoder: str, weights_sha256: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
