@@ -116,3 +116,14 @@ def test_weights_known_only_by_name_are_not_cached(cache):
     enc.to("cpu", "fp32", cpu_graph=True, graph_cache=cache)(PATCHES)
     assert enc.graph == "frozen"
     assert not cache.root.exists()
+
+
+def test_graphs_of_large_encoders_are_not_cached(cache, monkeypatch):
+    """A ViT foundation model's graph would copy its ~1 GB of weights into the cache per input shape."""
+    from ghanet_pipeline.features import encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "MAX_CACHED_WEIGHT_BYTES", 1024)
+    enc = cached_encoder(cache)
+    enc(PATCHES)
+    assert enc.graph == "frozen"
+    assert not cache.root.exists()

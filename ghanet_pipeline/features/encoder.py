@@ -24,6 +24,9 @@ CPU_MICRO_BATCH = 8
 # this share of the largest output magnitude (measured: 2e-6 for EfficientNet-Lite0).
 GRAPH_TOLERANCE = 1e-4
 EAGER, FROZEN = "eager", "frozen"
+# Graphs of larger encoders (the ViT foundation models) are not cached: a copy of their weights in
+# the user's cache folder per input shape costs more disk than the tracing it saves costs time.
+MAX_CACHED_WEIGHT_BYTES = 512 << 20
 
 
 @dataclass
@@ -137,7 +140,8 @@ class Encoder:
         frozen = cache.load(identity, GRAPH_TOLERANCE) if cache is not None else None
         if frozen is None:
             frozen = self._freeze_for_cpu(example)
-            if frozen is not None and cache is not None:
+            weight_bytes = sum(t.numel() * t.element_size() for t in self.module().state_dict().values())
+            if frozen is not None and cache is not None and weight_bytes <= MAX_CACHED_WEIGHT_BYTES:
                 cache.save(identity, frozen)
         if frozen is not None:
             self._frozen, self.graph = frozen, FROZEN
