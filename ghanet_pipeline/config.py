@@ -117,6 +117,8 @@ def coerce(value: Any, schema: Mapping[str, Any], where: str = "") -> Any:
     """``value`` with strings turned into the types ``schema`` asks for (null, booleans, integers,
     numbers, lists, nested sections); values already of a right type are returned unchanged.
     A string that fits none of the types is a ConfigError naming the key and the expected type."""
+    if "anyOf" in schema and "type" not in schema:
+        return _coerce_any_of(value, schema["anyOf"], where)
     types = _types(schema)
     if isinstance(value, str) and types and "string" not in types:
         value = _coerce_scalar(value, types, where or "(top level)")
@@ -129,6 +131,20 @@ def coerce(value: Any, schema: Mapping[str, Any], where: str = "") -> Any:
         return {k: coerce(v, props[k], f"{where}.{k}" if where else k) if k in props else v for k, v in value.items()}
     if isinstance(value, list) and "items" in schema:
         return [coerce(v, schema["items"], f"{where}.{i}") for i, v in enumerate(value)]
+    return value
+
+
+def _coerce_any_of(value: Any, alternatives: list[Mapping[str, Any]], where: str) -> Any:
+    """The first alternative ``value`` fits (``slides_per_job: 7`` or ``auto``): a constant it equals
+    as given, else a typed one it converts to; else unchanged, for validation to report."""
+    if any("const" in alt and alt["const"] == value for alt in alternatives):
+        return value
+    for alt in alternatives:
+        if "type" in alt:
+            try:
+                return coerce(value, alt, where)
+            except ConfigError:
+                continue
     return value
 
 

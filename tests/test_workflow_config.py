@@ -37,13 +37,15 @@ def test_plain_snakemake_uses_the_default_profile(tmp_path):
 def test_config_overrides_are_typed_like_a_configfile(tmp_path):
     tiny_demo_config(tmp_path)
     overrides = ["samples=null", 'demo={"enabled": false}', 'tissue={"patch_size": 512, "target_mpp": 0.25}',
-                 'train={"models": [snn], "epochs": 3}', "strict=true", 'infer={"fold": null}']
+                 'train={"models": [snn], "epochs": 3}', "strict=true", 'infer={"fold": null}',
+                 'features={"slides_per_job": 7, "shard_megabytes": 10}']
     from_cli = _run_config(snakemake(tmp_path, "-n", "--config", *overrides).stdout)
 
     same_file = tmp_path / "as_file"
     same_file.mkdir()
     tiny_demo_config(same_file, samples=None, demo={"enabled": False}, strict=True, infer={"fold": None},
-                     tissue={"patch_size": 512, "target_mpp": 0.25}, train={"models": ["snn"], "epochs": 3})
+                     tissue={"patch_size": 512, "target_mpp": 0.25}, train={"models": ["snn"], "epochs": 3},
+                     features={"slides_per_job": 7, "shard_megabytes": 10})
     from_file = _run_config(snakemake(same_file, "-n").stdout)
 
     assert from_cli == from_file
@@ -51,6 +53,20 @@ def test_config_overrides_are_typed_like_a_configfile(tmp_path):
     assert from_cli["tissue"]["patch_size"] == 512 and from_cli["tissue"]["target_mpp"] == 0.25
     assert from_cli["train"]["models"] == ["snn"] and from_cli["train"]["epochs"] == 3
     assert from_cli["infer"]["fold"] is None
+    assert from_cli["features"]["slides_per_job"] == 7 and from_cli["features"]["shard_megabytes"] == 10
+
+
+@pytest.mark.parametrize("given, expected", [("7", 7), (7, 7), ("auto", "auto"), ("bogus", "bogus")])
+def test_an_either_or_setting_takes_the_alternative_its_value_fits(given, expected):
+    """features.slides_per_job is an integer or "auto": `--config` strings become the integer when
+    they are one; anything else is left for validation to refuse."""
+    from ghanet_pipeline.config import ConfigError, coerce_overrides, validate
+
+    coerced = coerce_overrides({"features": {"slides_per_job": given}})
+    assert coerced["features"]["slides_per_job"] == expected
+    if expected == "bogus":
+        with pytest.raises(ConfigError, match="slides_per_job"):
+            validate(coerced)
 
 
 @pytest.mark.parametrize("override, named", [
