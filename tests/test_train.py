@@ -196,6 +196,35 @@ def test_patient_with_two_slides_gets_both_bags(cohort):
     assert torch.equal(bag[: sizes[0]], torch.from_numpy(first))
 
 
+def test_folds_of_one_job_read_each_feature_store_once(cohort, tmp_path, monkeypatch):
+    """`ghanet train --fold A B` shares the bags across its folds: the second fold reads no store
+    the first one read (this cohort has one fold: it is trained twice), and it trains exactly as
+    it does alone."""
+    from ghanet_pipeline.training import bags as bags_module
+
+    genomics_dir, features_dir = cohort
+    real, reads = bags_module.read_bag, []
+
+    def counting(slides):
+        reads.append(tuple(s.slide_id for s in slides))
+        return real(slides)
+
+    monkeypatch.setattr(bags_module, "read_bag", counting)
+    shared: dict = {}
+    alone = train_fold("abmil", 0, genomics_dir, features_dir, tmp_path / "alone", settings(max_patches=10))
+    assert reads and len(reads) == len(set(reads))
+    reads.clear()
+    train_fold("abmil", 0, genomics_dir, features_dir, tmp_path / "first", settings(max_patches=10), shared_bags=shared)
+    first_reads = len(reads)
+    assert first_reads == len(shared) > 0
+    again = train_fold("abmil", 0, genomics_dir, features_dir, tmp_path / "second", settings(max_patches=10),
+                       shared_bags=shared)
+    assert len(reads) == first_reads  # nothing read again
+    assert again["cindex_final"] == alone["cindex_final"]
+    a, b = (torch.load(tmp_path / run / "checkpoint_final.pt", weights_only=False) for run in ("second", "alone"))
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
 def test_same_seed_gives_identical_weights(cohort, tmp_path):
     genomics_dir, features_dir = cohort
     runs = [train_fold("abmil", 0, genomics_dir, features_dir, tmp_path / f"r{i}", settings(seed=5, max_patches=10))

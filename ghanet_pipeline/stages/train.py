@@ -56,13 +56,15 @@ def main(args: argparse.Namespace) -> int:
     if len(args.fold) != len(args.out):
         raise ConfigError(f"--fold lists {len(args.fold)} fold(s) but --out {len(args.out)} folder(s): give one each")
     settings = stage_settings("train", args.config, args.settings)
-    failed = [fold for fold, out in zip(args.fold, args.out) if not _train_one(args, fold, Path(out), settings)]
+    shared_bags: dict = {}  # the folds of this job read each feature store once
+    failed = [fold for fold, out in zip(args.fold, args.out)
+              if not _train_one(args, fold, Path(out), settings, shared_bags)]
     if failed and len(args.fold) > 1:
         log.error("%s: fold(s) %s failed (see their train.log)", args.model, ", ".join(map(str, failed)))
     return 1 if failed else 0
 
 
-def _train_one(args: argparse.Namespace, fold: int, out: Path, settings) -> bool:
+def _train_one(args: argparse.Namespace, fold: int, out: Path, settings, shared_bags: dict) -> bool:
     from ghanet_pipeline.io.store import DamagedStoreError, is_disk_full
 
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +73,7 @@ def _train_one(args: argparse.Namespace, fold: int, out: Path, settings) -> bool
     logging.getLogger().addHandler(handler)
     try:
         train_fold(args.model, fold, args.genomics_dir, args.features_dir, out, settings,
-                   keep_complete=args.keep_complete)
+                   keep_complete=args.keep_complete, shared_bags=shared_bags)
     except (TrainInputError, ValueError, FileNotFoundError, DamagedStoreError) as err:
         log.error("%s", err)
         return False

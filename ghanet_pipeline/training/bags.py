@@ -167,11 +167,15 @@ class BagSource:
     """Patient bags by case id; cached in memory when they fit ``cache_bytes`` (None = half of free RAM).
 
     A bag is read at its first ``get`` (then kept, when cached), not when the source is built:
-    a fold that ``ghanet train --keep-complete`` keeps reads no feature store.
+    a fold that ``ghanet train --keep-complete`` keeps reads no feature store. ``shared``: bags
+    kept by the sources of earlier folds of the same job (keyed by the stores they came from), so
+    that a job training several folds reads each feature store once, not once per fold.
     """
 
-    def __init__(self, stores: Mapping[str, list[SlideFeatures]], cache_bytes: int | None = None) -> None:
+    def __init__(self, stores: Mapping[str, list[SlideFeatures]], cache_bytes: int | None = None,
+                 shared: dict[tuple[str, ...], np.ndarray] | None = None) -> None:
         self.stores = dict(stores)
+        self.shared = shared if shared is not None else {}
         total = sum(s.n_patches * s.dim * s.itemsize for slides in self.stores.values() for s in slides)
         budget = available_memory_bytes() // 2 if cache_bytes is None else int(cache_bytes)
         self.in_memory = total <= budget
@@ -189,9 +193,12 @@ class BagSource:
         """The bag (N, D) as float32; ``rows`` picks a subset (sorted row indices)."""
         bag = self.cache.get(case_id)
         if bag is None:
-            bag = read_bag(self.stores[case_id])
+            key = tuple(str(s.path) for s in self.stores[case_id])
+            bag = self.shared.get(key)
+            if bag is None:
+                bag = read_bag(self.stores[case_id])
             if self.in_memory:
-                self.cache[case_id] = bag
+                self.cache[case_id] = self.shared[key] = bag
         if rows is not None:
             bag = bag[rows]
         return torch.from_numpy(np.ascontiguousarray(bag, dtype=np.float32))

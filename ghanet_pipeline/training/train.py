@@ -193,9 +193,11 @@ def _make_patient(case_id: str, gf: GenomicsFold, with_genomics: bool) -> Patien
 
 
 def build_cohort(
-    model_name: str, gf: GenomicsFold, features_dir: str | Path | None, cache_bytes: int | None
+    model_name: str, gf: GenomicsFold, features_dir: str | Path | None, cache_bytes: int | None,
+    shared_bags: dict | None = None,
 ) -> Cohort:
-    """Patients of the fold that the model can use; the rest listed in ``excluded`` with a reason."""
+    """Patients of the fold that the model can use; the rest listed in ``excluded`` with a reason.
+    ``shared_bags``: bags already read by earlier folds of the job (:class:`BagSource`)."""
     excluded: list[dict[str, str]] = []
     case_ids = list(dict.fromkeys(gf.train_ids + gf.val_ids))
     known = [c for c in case_ids if c in gf.patients.index]
@@ -209,7 +211,7 @@ def build_cohort(
         excluded += found.excluded
         if not found.stores:
             raise TrainInputError(f"no patient of fold has usable feature stores in {features_dir}")
-        bags = BagSource(found.stores, cache_bytes)
+        bags = BagSource(found.stores, cache_bytes, shared=shared_bags)
         dim, encoder = found.dim, found.encoder
         known = [c for c in known if c in found.stores]
 
@@ -623,12 +625,14 @@ def train_fold(
     out_dir: str | Path,
     settings: TrainSettings,
     keep_complete: bool = False,
+    shared_bags: dict | None = None,
 ) -> dict[str, Any]:
     """Train one model on one fold; writes every output of the stage (``out_dir`` is the fold
     folder, :class:`FoldFiles`) and returns what it wrote to result.json.
 
     ``keep_complete``: a fold whose outputs are complete and current (:func:`incomplete_reason`)
     is kept as it is, not trained again (a job of several folds rerun after a crash).
+    ``shared_bags``: one dict for all folds of a job, so each feature store is read once.
     """
     if model_name not in MODEL_NAMES:
         raise TrainInputError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}")
@@ -642,7 +646,7 @@ def train_fold(
 
     gf = load_genomics_fold(genomics_dir, fold)
     cache_bytes = None if settings.cache_gb is None else int(settings.cache_gb * 1e9)
-    cohort = build_cohort(model_name, gf, features_dir, cache_bytes)
+    cohort = build_cohort(model_name, gf, features_dir, cache_bytes, shared_bags)
     spec = run_spec(model_name, fold, gf, cohort, settings)
     if keep_complete:
         reason = incomplete_reason(files, spec, newest_input_mtime(genomics_dir, cohort))
