@@ -63,7 +63,7 @@ class Encoder:
         self.device = torch.device(device)
         precision = resolve_precision(precision, self.device)
         if self.model is not None:
-            self.model = self._placed(self.model)
+            self.model = self.placed(self.model)
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.graph, self._frozen = EAGER, None
         self._graph_pending = cpu_graph and self.device.type == "cpu" and self.autocast_dtype is None
@@ -84,10 +84,11 @@ class Encoder:
             if built_dim != self.dim:
                 raise RuntimeError(f"encoder {self.spec.name}: the built module gives {built_dim}-d features, "
                                    f"its registry entry says {self.dim}")
-            self.model = self._placed(model)
+            self.model = self.placed(model)
         return self.model
 
-    def _placed(self, model: nn.Module) -> nn.Module:
+    def placed(self, model: nn.Module) -> nn.Module:
+        """``model`` on this encoder's device, channels_last, in eval mode, without gradients."""
         model = model.to(self.device).to(memory_format=torch.channels_last).eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -140,11 +141,13 @@ class Encoder:
         frozen = cache.load(identity, GRAPH_TOLERANCE) if cache is not None else None
         if frozen is None:
             frozen = self._freeze_for_cpu(example)
-            weight_bytes = sum(t.numel() * t.element_size() for t in self.module().state_dict().values())
-            if frozen is not None and cache is not None and weight_bytes <= MAX_CACHED_WEIGHT_BYTES:
+            if frozen is not None and cache is not None and self._weight_bytes() <= MAX_CACHED_WEIGHT_BYTES:
                 cache.save(identity, frozen)
         if frozen is not None:
             self._frozen, self.graph = frozen, FROZEN
+
+    def _weight_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.module().state_dict().values())
 
     def _freeze_for_cpu(self, example: torch.Tensor) -> torch.jit.ScriptModule | None:
         """The module traced and frozen on ``example`` if it matches eager on it and on one row, else None."""

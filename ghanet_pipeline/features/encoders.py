@@ -114,9 +114,7 @@ def build_encoder(name: str, weights: str = DEFAULT, allow_download: bool = Fals
         preset = find_preset(name)
         enc = build_preset_encoder(preset, weights, allow_download) if preset is not None else \
             _build_timm(name, weights, allow_download)
-        enc.model.eval()
-        for p in enc.model.parameters():
-            p.requires_grad_(False)
+        enc.model = enc.placed(enc.model)
     log.info("encoder %s (%d-d), weights %s, sha256 %s", name, enc.dim, enc.weights, enc.weights_sha256 or "-")
     return enc
 
