@@ -140,10 +140,8 @@ def test_sigkill_at_random_points_then_rerun(slide, reference, tmp_path):
     assert killed >= N_KILLS - 1, f"only {killed} of {N_KILLS} runs were killed (delays {delays}, run {seconds:.2f} s)"
 
 
-def test_sigkill_mid_write_of_the_store(slide, reference, tmp_path):
-    """A real ``ghanet tissue`` process killed the moment its temporary tiles store appears."""
-    ref, _ = reference
-    out = tmp_path / "out"
+def _run_and_kill_when_the_temporary_appears(slide: Path, out: Path) -> int:
+    """A real ``ghanet tissue`` process, SIGKILLed the moment its temporary tiles store appears."""
     tiles_dir = out / "tiles"
     cmd = [sys.executable, "-m", "ghanet_pipeline", "tissue", "--slide-id", SLIDE_ID, "--slide-path", str(slide),
            "--out-dir", str(out)]  # fmt: skip
@@ -160,8 +158,24 @@ def test_sigkill_mid_write_of_the_store(slide, reference, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"the stage was not killed mid-write (exit {proc.returncode})"
-    assert leftovers(out), "expected the killed run's temporary store to be left behind"
+    return proc.returncode
+
+
+def test_sigkill_mid_write_of_the_store(slide, reference, tmp_path):
+    """A real ``ghanet tissue`` process killed while its temporary tiles store exists. The kill
+    lands a moment after the temporary is seen; on a loaded machine the store may be finished and
+    promoted in that moment, so such a run is checked as a finished one and the kill is tried
+    again (at most 5 times)."""
+    ref, _ = reference
+    for attempt in range(5):
+        out = tmp_path / f"out{attempt}"
+        returncode = _run_and_kill_when_the_temporary_appears(slide, out)
+        assert returncode == -signal.SIGKILL, f"the stage was not killed mid-write (exit {returncode})"
+        if leftovers(out):
+            break
+        # promoted before the kill landed: what is there must be whole, not partial
+        assert_tiles_equal(outputs(out)["tiles"], outputs(ref)["tiles"])
+    assert leftovers(out), "expected the killed run's temporary store to be left behind (5 attempts)"
     assert not outputs(out)["tiles"].exists() and not outputs(out)["status"].exists()
     rerun(slide, out)
     assert not leftovers(out)
