@@ -358,9 +358,19 @@ def section_from_json(name: str, text: str):
     return _section(name, validate(values, sub_schema))
 
 
+# Keys that only decide how work is grouped into jobs and change no result: left out of a rule's
+# settings JSON (its params), so changing them is not a reason to rerun, and out of fingerprints.
+SCHEDULING_KEYS: dict[str, tuple[str, ...]] = {
+    "features": ("slides_per_job", "shard_megabytes"),
+    "train": ("one_job_per",),
+}
+
+
 def section_json(config: Mapping[str, Any], name: str) -> str:
-    """The JSON a rule passes to its entry point; also its ``params:`` (reruns on change)."""
-    return json.dumps(config[name], sort_keys=True)
+    """The JSON a rule passes to its entry point; also its ``params:`` (reruns on change).
+    The section's scheduling keys (``SCHEDULING_KEYS``) are left out."""
+    skipped = SCHEDULING_KEYS.get(name, ())
+    return json.dumps({k: v for k, v in config[name].items() if k not in skipped}, sort_keys=True)
 
 
 def stage_settings(name: str, config_path: str | None, settings_json: str | None):

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from ghanet_pipeline import __version__
-from ghanet_pipeline.config import TrainSettings
+from ghanet_pipeline.config import SCHEDULING_KEYS, TrainSettings
 from ghanet_pipeline.contracts.base import ContractError, read_json_record
 from ghanet_pipeline.contracts.training import (
     BEST_NOTE,
@@ -439,7 +439,8 @@ def _model_config_for(model_name: str, gf: GenomicsFold, cohort: Cohort, setting
 def run_spec(model_name: str, fold: int, gf: GenomicsFold, cohort: Cohort, settings: TrainSettings) -> RunSpec:
     config = _model_config_for(model_name, gf, cohort, settings)
     recon_weight = settings.recon_weight if model_name == "ghanet" else 0.0
-    relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("models", "device", "cache_gb", "one_job_per")}
+    ignored = ("models", "device", "cache_gb", *SCHEDULING_KEYS["train"])
+    relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ignored}
     ids = json.dumps([[p.case_id for p in cohort.train], [p.case_id for p in cohort.val]])
     fingerprint = json.dumps({
         "model": model_name, "fold": fold, "model_config": config, "settings": relevant,

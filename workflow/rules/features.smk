@@ -17,10 +17,8 @@
 from ghanet_pipeline.features.shards import plan_shards
 
 SLIDES_PER_JOB = config["features"]["slides_per_job"]
-# How slides are grouped into jobs changes no result: not part of the settings that trigger reruns.
-FEATURE_SETTINGS = json.dumps(
-    {k: v for k, v in config["features"].items() if k not in ("slides_per_job", "shard_megabytes")}, sort_keys=True
-)
+# How slides are grouped into jobs changes no result: not in the settings (config.SCHEDULING_KEYS).
+FEATURE_SETTINGS = settings("features")
 ONE_JOB_PER_SLIDE = SLIDES_PER_JOB == 1
 # Counted by `snakemake --resources gpu=N` (a workstation with N GPUs: at most N GPU jobs at
 # once, each claiming its own device, ghanet_pipeline.runtime.devices); nothing on a CPU-only run.

@@ -11,9 +11,7 @@
 
 include: "inputs/train.smk"
 
-TRAIN_SETTINGS = json.dumps(
-    {k: v for k, v in config["train"].items() if k != "one_job_per"}, sort_keys=True
-)
+TRAIN_SETTINGS = settings("train")  # without one_job_per, which changes no result (config.SCHEDULING_KEYS)
 TRAIN_GPUS = 0 if config["train"]["device"] == "cpu" else 1
 
 
